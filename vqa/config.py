@@ -1,0 +1,164 @@
+"""The one config tree: every default lives here, and a bundle saves it whole.
+
+A `ModelConfig` rebuilds a model from its files: media sampling, the encoder's
+shape and options, the projector, the LLM it adapts, the LoRA and the prompt.
+It round-trips through plain dicts (JSON/YAML) with `to_dict` / `from_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ATTENTION_MODES = ("divided", "joint", "space")
+FUSION_MODES = ("bottleneck", "late", "early", "video", "audio")
+
+DEFAULT_LLM = "bundled:smollm2-135m-instruct"
+DEFAULT_SYSTEM_PROMPT = (
+    "You answer questions about a video clip, what is seen and what is heard. "
+    "Answer briefly."
+)
+VIDEO_PLACEHOLDER = "<video>"
+
+
+@dataclass
+class MediaConfig:
+    # sampling
+    num_frames: int = 16
+    size: int = 224
+    # audio features: 16 kHz, 25 ms window, 10 ms hop
+    sample_rate: int = 16000
+    n_mels: int = 128
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_frames < 1:
+            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.size < 8:
+            problems.append(f"size must be >= 8, got {self.size}")
+        if self.n_mels < 8:
+            problems.append(f"n_mels must be >= 8, got {self.n_mels}")
+        if problems:
+            raise ValueError("invalid MediaConfig: " + "; ".join(problems))
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.sample_rate * self.win_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+
+@dataclass
+class EncoderConfig:
+    # shared width of both branches (bottleneck tokens live in both)
+    width: int = 192
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-12
+    # video branch: per-frame patches, TimeSformer blocks
+    patch_size: int = 16
+    video_depth: int = 4
+    attention: str = "divided"
+    # audio branch: AST-style patches over (n_mels x frames) log-mel
+    audio_patch: int = 16
+    audio_stride: int = 10
+    audio_depth: int = 4
+    # fusion
+    fusion: str = "bottleneck"
+    fusion_layer: int = 2  # L_f: layers each branch runs alone before fusion
+    num_bottlenecks: int = 4
+    # output: per time step pooled video tokens, pooled audio tokens, then bottlenecks
+    time_steps: int = 16
+    video_tokens_per_step: int = 1  # a square number: spatial pooling to sqrt x sqrt
+    audio_tokens_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.attention not in ATTENTION_MODES:
+            problems.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.fusion not in FUSION_MODES:
+            problems.append(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
+        if self.width % self.heads:
+            problems.append(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.fusion in ("bottleneck", "late", "early") and self.video_depth != self.audio_depth:
+            problems.append(
+                f"fusion {self.fusion!r} runs the branches side by side and needs "
+                f"video_depth == audio_depth, got {self.video_depth} and {self.audio_depth}"
+            )
+        if not 0 <= self.fusion_layer <= min(self.video_depth, self.audio_depth):
+            problems.append(f"fusion_layer {self.fusion_layer} is outside [0, depth]")
+        root = int(round(self.video_tokens_per_step ** 0.5))
+        if root * root != self.video_tokens_per_step:
+            problems.append(f"video_tokens_per_step must be a square number, got {self.video_tokens_per_step}")
+        if problems:
+            raise ValueError("invalid EncoderConfig: " + "; ".join(problems))
+
+    @property
+    def uses_video(self) -> bool:
+        return self.fusion != "audio"
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.fusion != "video"
+
+    @property
+    def num_tokens(self) -> int:
+        """Length of the encoder's output sequence."""
+        per_step = (self.video_tokens_per_step if self.uses_video else 0) + (
+            self.audio_tokens_per_step if self.uses_audio else 0
+        )
+        bottlenecks = self.num_bottlenecks if self.fusion == "bottleneck" else 0
+        return self.time_steps * per_step + bottlenecks
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # attention and MLP projections of every layer (Llama naming)
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    media: MediaConfig = field(default_factory=MediaConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # the LLM: "bundled:..." for the packaged default, a local folder, or a hub id
+    llm: str = DEFAULT_LLM
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
+    projector_hidden: int = 1024
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        if "media" in d:
+            d["media"] = _build(MediaConfig, d["media"])
+        if "encoder" in d:
+            d["encoder"] = _build(EncoderConfig, d["encoder"])
+        if d.get("lora") is not None:
+            d["lora"] = _build(LoraConfig, d["lora"])
+        return cls(**d)
+
+
+def _build(cls, d: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+    return cls(**d)
