@@ -68,6 +68,9 @@ class EncoderConfig:
     audio_patch: int = 16
     audio_stride: int = 10
     audio_depth: int = 4
+    # log-mel frames F the audio branch takes: the clip's log-mel is resized to this many;
+    # 326 = 16 + 10 * 31 gives 32 time patches at the defaults (2 per time step)
+    audio_frames: int = 326
     # fusion
     fusion: str = "bottleneck"
     fusion_layer: int = 2  # L_f: layers each branch runs alone before fusion
