@@ -1,0 +1,55 @@
+"""`vqa ask` and `vqa chat`: the API from a terminal, answers streamed as they come."""
+from __future__ import annotations
+
+import sys
+
+from .bundle import BundleError
+from .media import MediaError
+
+
+def _load(args):
+    from .api import VideoQA
+
+    return VideoQA.from_pretrained(args.adapter)
+
+
+def ask(args) -> int:
+    try:
+        qa = _load(args)
+        for piece in qa.stream(args.clip, args.question, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature):
+            print(piece, end="", flush=True)
+        print()
+    except (MediaError, BundleError) as e:
+        print(f"vqa: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def chat(args) -> int:
+    try:
+        qa = _load(args)
+        session = qa.chat(args.clip)
+    except (MediaError, BundleError) as e:
+        print(f"vqa: {e}", file=sys.stderr)
+        return 2
+    clip = session.prepared.clip
+    sound = "with sound" if clip.has_audio else "no sound"
+    print(f"{args.clip}: {clip.duration:.1f} s, {clip.width}x{clip.height}, {sound}. "
+          "Ask a question; /reset forgets the conversation, /quit or Ctrl-D ends.")
+    while True:
+        try:
+            question = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not question:
+            continue
+        if question in ("/quit", "/exit"):
+            return 0
+        if question == "/reset":
+            session.reset()
+            continue
+        for piece in session.stream(question, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
+            print(piece, end="", flush=True)
+        print()

@@ -1,0 +1,196 @@
+"""The video-LLM: AV encoder -> projector -> LoRA-adapted causal LM.
+
+Notation: B batch, L prompt length, K clip tokens, D encoder width, H LLM hidden size.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .encoder import AVEncoder
+from .prompt import IGNORE_INDEX, EncodedPrompt, encode_conversation, pad_batch
+
+
+class Projector(nn.Module):
+    """Two-layer MLP from the encoder's width into the LLM's hidden size (LLaVA-1.5's)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def add_lora(llm: nn.Module, config: ModelConfig) -> nn.Module:
+    """Wrap the LLM in a PEFT LoRA model (frozen base, trainable adapters)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(llm, peft_config)
+
+
+class VideoLLM(nn.Module):
+    def __init__(self, config: ModelConfig, llm: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.encoder = AVEncoder(config.media, config.encoder)
+        hidden = llm.config.hidden_size
+        self.projector = Projector(config.encoder.width, config.projector_hidden, hidden)
+        for p in llm.parameters():
+            p.requires_grad_(False)
+        # keep handles on the causal LM's parts: LoRA layers are injected in place,
+        # so they stay in use when the trunk and head are called directly
+        self.trunk = llm.get_decoder()
+        self.lm_head = llm.get_output_embeddings()
+        self.llm = add_lora(llm, config) if config.lora is not None else llm
+        self.video_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.stop_ids = _stop_ids(tokenizer)
+
+    @property
+    def num_video_tokens(self) -> int:
+        return self.config.encoder.num_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.fc1.weight.device
+
+    # ---- clip -> tokens ----
+    def get_video_features(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S), (B, n_mels, F) -> (B, K, H) clip tokens in the LLM's space."""
+        return self.projector(self.encoder(frames, mel))
+
+    # ---- prompts ----
+    def encode_prompt(self, messages: list[dict], blind: bool = False) -> EncodedPrompt:
+        """Token ids for a conversation; `blind` withholds the clip (no placeholder positions)."""
+        n = 0 if blind else self.num_video_tokens
+        return encode_conversation(self.tokenizer, self.config.system_prompt, messages, n, self.video_token_id)
+
+    def embed(self, input_ids: torch.Tensor, video_mask: torch.Tensor, video_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the clip tokens written into the placeholder positions."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, H)
+        n_slots = int(video_mask.sum())
+        n_feats = 0 if video_tokens is None else video_tokens.shape[0] * video_tokens.shape[1]
+        if n_slots != n_feats:
+            raise ValueError(
+                f"Video features and video tokens do not match: tokens: {n_slots}, features {n_feats}"
+            )
+        if n_feats:
+            mask = video_mask.unsqueeze(-1).expand_as(embeds)  # (B, L, H)
+            embeds = embeds.masked_scatter(mask, video_tokens.to(embeds.dtype))
+        return embeds
+
+    # ---- training ----
+    def forward(
+        self, input_ids, attention_mask, labels, video_mask, frames=None, mel=None, video_tokens=None
+    ) -> torch.Tensor:
+        """Mean cross-entropy over answer tokens; LM-head logits only at those positions."""
+        if video_tokens is None and frames is not None:
+            video_tokens = self.get_video_features(frames, mel)
+        embeds = self.embed(input_ids, video_mask, video_tokens)
+        hidden = self.trunk(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        # position i predicts token i + 1
+        targets = labels[:, 1:]  # (B, L-1)
+        keep = targets != IGNORE_INDEX
+        if not keep.any():
+            raise ValueError("the batch has no answer tokens to learn from")
+        logits = self.lm_head(hidden[:, :-1][keep])  # (n_answer_tokens, vocab)
+        return F.cross_entropy(logits.float(), targets[keep])
+
+    # ---- generation ----
+    @torch.no_grad()
+    def stream(
+        self,
+        video_tokens: torch.Tensor,
+        messages: list[dict],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 0.9,
+    ) -> Iterator[str]:
+        """Yield the answer's text as it is generated. video_tokens: (K, H) or None (blind)."""
+        from transformers import TextIteratorStreamer
+
+        prompt = self.encode_prompt(messages, blind=video_tokens is None)
+        batch = pad_batch([prompt], self.tokenizer.pad_token_id or 0)
+        tokens = None if video_tokens is None else video_tokens.unsqueeze(0)
+        embeds = self.embed(batch["input_ids"].to(self.device), batch["video_mask"].to(self.device), tokens)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        kwargs = dict(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"].to(self.device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+        )
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                self.llm.generate(**kwargs)
+            except BaseException as e:  # surfaced in the caller's thread below
+                errors.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        worker.join()
+        if errors:
+            raise errors[0]
+
+    @torch.no_grad()
+    def generate_batch(
+        self, video_tokens: torch.Tensor | None, prompts: list[EncodedPrompt], max_new_tokens: int = 8
+    ) -> list[str]:
+        """Greedy answers for a batch of prompts (left-padded). video_tokens: (B, K, H), or None
+        for prompts encoded blind."""
+        batch = pad_batch(prompts, self.tokenizer.pad_token_id or 0, side="left")
+        embeds = self.embed(batch["input_ids"].to(self.device), batch["video_mask"].to(self.device), video_tokens)
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"].to(self.device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            do_sample=False, temperature=None, top_p=None, top_k=None,
+        )
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    # ---- weights that a bundle saves ----
+    def av_state_dict(self) -> dict[str, torch.Tensor]:
+        """Encoder and projector weights (everything the bundle holds apart from the LoRA)."""
+        return {
+            **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
+            **{f"projector.{k}": v for k, v in self.projector.state_dict().items()},
+        }
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """End of the assistant's turn: the template's end-of-turn token and EOS."""
+    ids = []
+    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.append(tid)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
