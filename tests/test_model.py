@@ -87,3 +87,18 @@ def test_stream_yields_text_greedy_and_sampled(model):
     assert pieces and all(isinstance(p, str) for p in pieces)
     sampled = list(model.stream(tokens, [{"role": "user", "content": "<video>\nHi"}], max_new_tokens=6, temperature=1.0))
     assert sampled
+
+
+def test_closing_the_stream_stops_generation(model, monkeypatch):
+    frames, mel = clip_inputs(model.config, batch=1)
+    tokens = model.get_video_features(frames, mel)[0]
+    lengths = []
+    real = model.llm.generate
+    monkeypatch.setattr(model.llm, "generate", lambda **kw: lengths.append(real(**kw).shape[1]))
+    msgs = [{"role": "user", "content": "<video>\nHi"}]
+    list(model.stream(tokens, msgs, max_new_tokens=200))
+    stream = model.stream(tokens, msgs, max_new_tokens=200)
+    next(stream)
+    stream.close()  # returns once the generation thread has ended
+    full, closed = lengths
+    assert closed < full, lengths

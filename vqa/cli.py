@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web chat")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
+    p.add_argument("--adapter", default=None, help="bundle name in adapters/ or folder (default: adapters/avsynth)")
+    p.add_argument("--untrained", action="store_true", help="serve the base LLM with an untrained encoder")
     return parser
 
 

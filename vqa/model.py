@@ -120,7 +120,14 @@ class VideoLLM(nn.Module):
         top_p: float = 0.9,
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated. video_tokens: (K, H) or None (blind)."""
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class StopWhenClosed(StoppingCriteria):
+            # a caller that stops reading (a closed web page) ends the generation too
+            def __call__(self, input_ids, scores, **kwargs):
+                return closed.is_set()
+
+        closed = threading.Event()
 
         prompt = self.encode_prompt(messages, blind=video_tokens is None)
         batch = pad_batch([prompt], self.tokenizer.pad_token_id or 0)
@@ -134,6 +141,7 @@ class VideoLLM(nn.Module):
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([StopWhenClosed()]),
         )
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
@@ -150,10 +158,13 @@ class VideoLLM(nn.Module):
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        for piece in streamer:
-            if piece:
-                yield piece
-        worker.join()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            closed.set()
+            worker.join()
         if errors:
             raise errors[0]
 

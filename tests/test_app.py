@@ -1,0 +1,314 @@
+"""The web chat: its handlers in-process, then the real app in a subprocess through gradio_client.
+
+The served app runs the real bundled LLM on the untrained model (no adapter needs to exist),
+with a 20 s duration limit so a real clip can be refused for length.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, shared_media
+
+MAX_NEW_TOKENS = 16
+STARTUP_TIMEOUT_S = 600
+
+
+# ---- handlers, in-process ----
+
+def test_frames_strip_lays_out_every_frame_with_its_time():
+    from vqa.webapp import frames_strip
+
+    frames = np.zeros((10, 32, 32, 3), np.uint8)
+    frames[:, :, :, 0] = np.linspace(0, 250, 10, dtype=np.uint8)[:, None, None]  # red rises frame by frame
+    strip = frames_strip(frames, np.linspace(0, 4.5, 10), tile=40, per_row=8)
+    caption = 18
+    assert strip.shape == (2 * (40 + caption), 8 * 44 - 4, 3)
+    # frame i sits at row i // 8, column i % 8, in order
+    for i in range(10):
+        r, c = divmod(i, 8)
+        assert strip[r * (40 + caption) + 20, c * 44 + 20, 0] == frames[i, 0, 0, 0]
+    # captions are drawn: dark text pixels under the first tile
+    assert (strip[40:40 + caption, :40] < 128).any()
+
+
+def test_mel_image_says_when_there_is_no_sound():
+    from vqa.webapp import mel_image
+
+    mel = np.random.default_rng(0).normal(size=(16, 50)).astype(np.float32)
+    with_sound, silent = mel_image(mel, 2.0, True), mel_image(mel, 2.0, False)
+    assert with_sound.ndim == 3 and with_sound.shape[2] == 3 and with_sound.dtype == np.uint8
+    assert with_sound.shape == silent.shape
+    assert not np.array_equal(with_sound, silent)  # the title differs
+
+
+@pytest.mark.parametrize("content, text", [
+    ("plain", "plain"),
+    ([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "ab"),
+    ({"type": "text", "text": "one part"}, "one part"),
+    ([{"type": "file", "file": {"path": "x.png"}}], ""),
+])
+def test_text_of_reads_every_message_form(content, text):
+    from vqa.webapp import text_of
+
+    assert text_of({"role": "user", "content": content}) == text
+
+
+def test_respond_ignores_blank_questions():
+    from vqa.webapp import respond
+
+    history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert list(respond("   ", history, None, "untrained", 8, 0.0)) == [(history, "")]
+
+
+def test_respond_without_a_clip_shows_the_question_then_asks_for_a_clip():
+    from vqa.webapp import NOTICE, respond
+
+    out = list(respond("  What is seen? ", [], None, "untrained", 8, 0.0))
+    assert out[0] == ([{"role": "user", "content": "What is seen?"}], "")  # the question shows at once
+    chat, box = out[-1]
+    assert box == "" and chat[-1]["role"] == "assistant"
+    assert chat[-1]["content"].startswith(NOTICE) and "Upload a clip" in chat[-1]["content"]
+
+
+def test_check_clip_refuses_large_files(tmp_path, monkeypatch):
+    import vqa.webapp as webapp
+
+    path = tmp_path / "big.mp4"
+    path.write_bytes(b"\0" * (2 * 2**20))
+    monkeypatch.setattr(webapp, "MAX_UPLOAD_MB", 1)
+    with pytest.raises(webapp.ClipRejected, match=r"big.mp4 is 2 MB; the limit is 1 MB"):
+        webapp.check_clip(str(path))
+
+
+def test_check_clip_refuses_long_clips(monkeypatch):
+    import vqa.webapp as webapp
+
+    monkeypatch.setattr(webapp, "MAX_DURATION_S", 20.0)
+    with pytest.raises(webapp.ClipRejected, match=r"testvideo.mp4 lasts 24 s; clips up to 20 s"):
+        webapp.check_clip(str(shared_media("testvideo.mp4")))
+    webapp.check_clip(str(shared_media("chaplin.mp4")))  # 9.6 s passes
+
+
+def test_models_list_bundles_and_resolve_names(tmp_path, monkeypatch):
+    from vqa.webapp import UNTRAINED, Models
+
+    for name in ("b-model", "a-model"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vqa_config.json").write_text("{}")
+    (tmp_path / "not-a-bundle").mkdir()
+    monkeypatch.setenv("VQA_ADAPTERS_DIR", str(tmp_path))
+    models = Models()
+    assert models.choices() == ["a-model", "b-model", UNTRAINED]
+    assert models.resolve("a-model") == str((tmp_path / "a-model").resolve())
+    assert models.resolve(str(tmp_path / "b-model")) == str((tmp_path / "b-model").resolve())
+    assert models.resolve(UNTRAINED) == models.resolve(None) == UNTRAINED
+    with pytest.raises(ValueError, match=r"no model 'not-a-bundle': pick one of \['a-model', 'b-model', 'untrained'\]"):
+        models.resolve("not-a-bundle")
+
+
+def test_models_load_each_model_once_when_sessions_ask_together():
+    from vqa.webapp import Models
+
+    class Counting(Models):  # the real cache and lock, around a slow stand-in loader
+        loads = 0
+
+        def _load(self, key):
+            Counting.loads += 1
+            time.sleep(0.2)
+            return object()
+
+    models = Counting()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(models.get("untrained"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counting.loads == 1 and len(got) == 8 and all(g is got[0] for g in got)
+
+
+# ---- the served app ----
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(log_path: Path, command: list[str], **env) -> tuple[subprocess.Popen, str]:
+    """Start the app on a free port; return the process and its URL once it prints it."""
+    port = free_port()
+    full_env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "VQA_ADAPTER": "untrained",
+                "VQA_ADAPTERS_DIR": str(log_path.parent / "no-adapters"), **env}
+    log = open(log_path, "w")
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        if "running at http" in text:
+            url = text.split("running at ", 1)[1].split()[0]
+            return proc, url
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    stop_server(proc)
+    pytest.fail(f"the app did not start in {STARTUP_TIMEOUT_S} s; its output:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """app.py on the untrained default model, with a tiny bundle `tiny` to pick."""
+    pytest.importorskip("gradio_client")
+    from tests.helpers import tiny_config
+    from vqa.api import VideoQA
+
+    root = tmp_path_factory.mktemp("app")
+    VideoQA.untrained(tiny_config()).save_pretrained(root / "adapters" / "tiny")
+    proc, url = start_server(root / "app.log", [sys.executable, "app.py"], VQA_MAX_DURATION_S="20",
+                             VQA_ADAPTERS_DIR=str(root / "adapters"))
+    yield url
+    stop_server(proc)
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _load(client, path, model: str = "untrained", frames_size: tuple[int, int] | None = None) -> str:
+    """Upload a clip through the page's own upload event; returns the clip info Markdown."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    frames, mel, info, chat = client.predict(handle_file(str(path)), model, api_name="/load_clip")
+    if frames_size is not None:
+        assert Image.open(frames).size == frames_size
+        assert Image.open(mel).size[0] > 300
+    return info
+
+
+def _ask_streamed(client, history: list[dict], question: str, model: str = "untrained") -> tuple[list, list[dict]]:
+    """Ask through the chat endpoint; returns every partial chat it streamed and the final chat."""
+    job = client.submit(question, history, model, MAX_NEW_TOKENS, api_name="/chat")
+    partials = [chat for chat, _box in job]
+    chat, box = job.result()
+    assert box == ""
+    return partials, chat
+
+
+def _text(message) -> str:
+    from vqa.webapp import text_of
+
+    return text_of(message)
+
+
+@pytest.mark.slow
+def test_chat_streams_answers_over_two_turns(server):
+    client = _client(server)
+    # 16 frames at 112 px a tile, 8 a row, under each its time
+    info = _load(client, shared_media("chaplin.mp4"), frames_size=(8 * 116 - 4, 2 * 130))
+    assert "chaplin.mp4" in info and "9.6 s" in info and "sound: yes" in info and "16 frames" in info
+
+    partials, chat = _ask_streamed(client, [], "What is happening in this clip?")
+    assert len(chat) == 2 and chat[-1]["role"] == "assistant" and _text(chat[-1]).strip()
+    answers = [_text(p[-1]) for p in partials if len(p) == 2]
+    assert len(answers) >= 2, f"expected several partial answers, got {answers}"
+    assert all(b.startswith(a) for a, b in zip(answers, answers[1:])), answers  # each extends the last
+
+    partials, chat = _ask_streamed(client, chat, "And what do you hear?")
+    assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant"]
+    assert _text(chat[-1]).strip() and len(partials) >= 2
+
+
+@pytest.mark.slow
+def test_ask_endpoint_answers(server):
+    from gradio_client import handle_file
+
+    answer = _client(server).predict(handle_file(str(shared_media("nasa_13013.mp4"))), "What is seen?",
+                                      api_name="/ask")
+    assert isinstance(answer, str) and answer.strip()
+
+
+@pytest.mark.slow
+def test_sessions_keep_their_own_clip_and_chat(server):
+    results = {}
+
+    def session(name, question):
+        client = _client(server)
+        info = _load(client, shared_media(name))
+        _, chat = _ask_streamed(client, [], question)
+        results[name] = (info, chat)
+
+    threads = [threading.Thread(target=session, args=a)
+               for a in (("yoga.mp4", "Who is in the clip?"), ("chaplin.mp4", "What is the music like?"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert set(results) == {"yoga.mp4", "chaplin.mp4"}, "a session did not finish"
+    yoga_info, yoga_chat = results["yoga.mp4"]
+    chaplin_info, chaplin_chat = results["chaplin.mp4"]
+    assert "yoga.mp4" in yoga_info and "no sound" in yoga_info and "chaplin" not in yoga_info
+    assert "chaplin.mp4" in chaplin_info and "sound: yes" in chaplin_info
+    assert _text(yoga_chat[0]) == "Who is in the clip?" and _text(chaplin_chat[0]) == "What is the music like?"
+    assert _text(yoga_chat[-1]).strip() and _text(chaplin_chat[-1]).strip()
+
+    # a third session has no clip, however many the others loaded
+    _, chat = _ask_streamed(_client(server), [], "What is seen?")
+    assert "Upload a clip" in _text(chat[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, make", [
+    ("notes.txt", lambda: b"this is not a video\n" * 50),
+    ("truncated.mp4", lambda: shared_media("chaplin.mp4").read_bytes()[:3000]),
+])
+def test_broken_files_get_a_message_and_the_app_keeps_serving(server, tmp_path, name, make):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / name
+    path.write_bytes(make())
+    client = _client(server)
+    info = _load(client, path)
+    assert "Could not use this clip" in info and name in info and "Traceback" not in info
+    with pytest.raises(AppError) as e:
+        client.predict(handle_file(str(path)), "What is seen?", api_name="/ask")
+    assert name in str(e.value) and "Traceback" not in str(e.value)
+    # the same client, and the server, go on working
+    info = _load(client, shared_media("big_buck_bunny_432_433.webm"))
+    assert "big_buck_bunny_432_433.webm" in info and "1.0 s" in info
+
+
+@pytest.mark.slow
+def test_picking_a_bundle_loads_it_and_answers_with_it(server):
+    client = _client(server)
+    assert client.predict("tiny", api_name="/select_model") == "Model: **tiny**."
+    info = _load(client, shared_media("chaplin.mp4"), model="tiny", frames_size=(4 * 116 - 4, 130))
+    assert "4 frames" in info  # the tiny bundle's own sampling
+    _, chat = _ask_streamed(client, [], "What is seen?", model="tiny")
+    assert _text(chat[-1]).strip()
+
+
+@pytest.mark.slow
+def test_too_long_clip_is_refused_with_the_limit(server):
+    info = _load(_client(server), shared_media("testvideo.mp4"))
+    assert "testvideo.mp4 lasts 24 s; clips up to 20 s are accepted" in info
