@@ -19,7 +19,7 @@ import torch
 
 from . import bundle
 from .config import ModelConfig
-from .features import frames_to_tensor, log_mel
+from .features import clip_features
 from .media import Clip, load_clip
 from .prompt import with_video
 
@@ -97,8 +97,7 @@ class VideoQA:
                 return hit
         media = self.config.media
         clip = video if isinstance(video, Clip) else load_clip(video, num_frames=media.num_frames, size=media.size)
-        frames = frames_to_tensor(clip.frames)
-        mel = log_mel(clip.audio, media, duration=clip.duration, num_frames=self.config.encoder.audio_frames)
+        frames, mel = clip_features(clip, media, mel_frames=self.config.encoder.audio_frames)
         with torch.no_grad():
             device = self.model.device
             tokens = self.model.get_video_features(frames[None].to(device), mel[None].to(device))[0]
