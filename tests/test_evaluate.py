@@ -1,0 +1,142 @@
+"""vqa.evaluate: scoring and the table (means over families), batched answering with and without the clip,
+the `vqa eval` command, and the committed default adapter on a freshly generated split."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import tiny_config, tiny_llm
+from vqa.evaluate import answer, evaluate, format_table, question_messages, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ADAPTER = ROOT / "adapters" / "avsynth"
+
+
+def rec(family: str, answer: str) -> dict:
+    return {"family": family, "answer": answer}
+
+
+def test_overall_is_the_mean_over_families_not_questions():
+    records = [rec("beep_exists", "yes")] * 3 + [rec("pitch", "high")] + [rec("count_objects", "two")] * 2
+    replies = ["Yes.", "no", "yes!", "It is low", "2", "There are two objects."]
+    result = summarize(records, replies)
+    fam = result["families"]
+    assert fam["beep_exists"]["accuracy"] == pytest.approx(2 / 3)
+    assert fam["pitch"]["accuracy"] == 0.0
+    assert fam["count_objects"]["accuracy"] == 1.0  # "2" scores as "two"
+    assert result["groups"]["audio"]["accuracy"] == pytest.approx((2 / 3 + 0) / 2)
+    assert result["groups"]["visual"]["chance"] == pytest.approx(1 / 3)
+    assert result["overall"]["accuracy"] == pytest.approx((2 / 3 + 0 + 1) / 3)
+    assert result["overall"]["n"] == 6
+
+
+def test_table_has_a_row_per_family_group_and_overall_with_blind_and_chance():
+    records = [rec("beep_exists", "yes"), rec("source_color", "red")]
+    result = summarize(records, ["yes", "red"])
+    blind = summarize(records, ["no", "red"])
+    table = format_table(result, blind)
+    lines = table.splitlines()
+    assert lines[0] == "| family | group | n | accuracy | blind | chance |"
+    assert "| beep_exists | audio | 1 | 100.0 | 0.0 | 50.0 |" in lines
+    assert "| source_color | audio-visual | 1 | 100.0 | 100.0 | 16.7 |" in lines
+    assert any(line.startswith("| **overall** (mean of 2 families)") and "**100.0**" in line for line in lines)
+
+
+def test_one_word_share_counts_bare_answer_words():
+    from vqa.evaluate import one_word_share
+
+    assert one_word_share(["Yes.", "two", " Red!", "It is red", "2", "banana"]) == pytest.approx(3 / 6)
+
+
+def test_question_messages_drop_the_answer():
+    r = {"messages": [{"role": "user", "content": "<video>\nIs there a beep?"}, {"role": "assistant", "content": "no"}]}
+    assert question_messages(r) == r["messages"][:1]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    from vqa.synth.generate import generate
+
+    folder = tmp_path_factory.mktemp("split")
+    generate(folder, 3, seed=21, workers=1, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from vqa.model import VideoLLM
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    return VideoLLM(cfg, tiny_llm(tokenizer), tokenizer).eval()
+
+
+def test_batching_and_padding_do_not_change_replies(tiny_model, split):
+    from vqa.data import load_features, read_qa
+
+    records = read_qa(split)
+    cache = load_features(split, tiny_model.config, workers=1, progress=False)
+    one = answer(tiny_model, cache, records, batch_size=1, max_new_tokens=3, progress=False)
+    many = answer(tiny_model, cache, records, batch_size=7, max_new_tokens=3, progress=False)
+    assert one == many
+    blind = answer(tiny_model, cache, records, blind=True, batch_size=7, max_new_tokens=3, progress=False)
+    assert len(blind) == len(records) and blind != many  # the clip's tokens change what it says
+
+
+def test_evaluate_counts_every_question_of_the_first_clips(tiny_model, split):
+    from vqa.data import read_qa
+    from vqa.synth import is_correct
+
+    result = evaluate(tiny_model, split, batch_size=8, limit=2, precision="fp32", progress=False, workers=1)
+    records = read_qa(split)
+    first = list(dict.fromkeys(r["video"] for r in records))[:2]
+    expected = [r for r in records if r["video"] in first]
+    assert result["clips"] == 2 and result["questions"] == len(expected) == len(result["replies"])
+    correct = sum(is_correct(r["reply"], r["answer"]) for r in result["replies"])
+    assert sum(f["correct"] for f in result["families"].values()) == correct
+    assert result["blind"]["overall"]["n"] == len(expected)
+
+
+def test_eval_command_prints_the_table_and_writes_json(tiny_model, split, tmp_path, capsys, tokenizer):
+    from vqa.bundle import save_bundle
+    from vqa.cli import main
+
+    llm_dir = tmp_path / "llm"
+    tiny_model.llm.get_base_model().save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+    base_llm, tiny_model.config.llm = tiny_model.config.llm, str(llm_dir)
+    save_bundle(tiny_model, tmp_path / "bundle")
+    tiny_model.config.llm = base_llm
+    out = tmp_path / "result.json"
+    code = main(["eval", "--adapter", str(tmp_path / "bundle"), "--data", str(split), "--json", str(out),
+                 "--limit", "1", "--batch-size", "4"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| family | group | n | accuracy | blind | chance |" in printed and "**overall**" in printed
+    result = json.loads(out.read_text())
+    assert result["clips"] == 1 and set(result) >= {"families", "groups", "overall", "blind", "replies"}
+
+
+def test_eval_command_explains_a_missing_split(tmp_path, capsys):
+    from vqa.cli import main
+
+    assert main(["eval", "--data", str(tmp_path / "none")]) == 2
+    assert "vqa synth --out" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_committed_adapter_answers_a_fresh_split(tmp_path):
+    """The default adapter on clips it has never seen (seed 7, away from the train/val/test seeds 1-3)."""
+    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
+        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
+    from vqa.api import VideoQA
+    from vqa.synth.generate import generate
+
+    generate(tmp_path, 24, seed=7, progress=False)
+    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
+    result = evaluate(qa.model, tmp_path, batch_size=32, blind=False, progress=False)
+    assert result["questions"] >= 200
+    assert result["overall"]["accuracy"] >= 0.90, format_table(result)

@@ -1,0 +1,303 @@
+"""vqa.train: configs, schedule, metadata targets, and real runs of the loop with a tiny LLM:
+a run killed with SIGKILL resumes to bit-identical weights, and two DDP processes end identical."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vqa.train import checkpoint
+from vqa.train.config import StageConfig, TrainConfig, load_config
+from vqa.train.pretrain import IGNORE, TARGETS, Heads, heads_loss, labels
+from vqa.train.schedule import lr_factor
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+
+
+# ---- configs ----
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    model, train = load_config(path)
+    assert train.stages and model.encoder.num_tokens > 0
+
+
+@pytest.mark.parametrize("stage, message", [
+    (dict(kind="pretrain", train=["encoder", "lora"]), "trains only the encoder and heads"),
+    (dict(kind="align", train=["heads"]), "no heads to train"),
+    (dict(train=["decoder"]), "unknown parts"),
+    (dict(kind="distill"), "kind must be one of"),
+    (dict(steps=10, warmup_steps=11), "warmup_steps"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
+])
+def test_bad_stage_is_refused_with_the_reason(stage, message):
+    with pytest.raises(ValueError, match=message):
+        StageConfig(**stage)
+
+
+def test_unknown_keys_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  stages:\n    - {name: a, stepz: 3}\n")
+    with pytest.raises(ValueError, match="unknown StageConfig keys: \\['stepz'\\]"):
+        load_config(path)
+
+
+# ---- schedule ----
+def test_warmup_then_cosine_to_the_floor():
+    factors = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
+    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[20] == pytest.approx(0.1)
+    assert factors[12] == pytest.approx(0.55)  # halfway down the cosine
+
+
+# ---- metadata targets ----
+META = {
+    "id": "avs-000001", "pitch": "low",
+    "objects": [
+        {"color": "red", "shape": "circle", "size": "small", "motion": "still", "start": [20.0, 20.0],
+         "end": [20.0, 20.0], "pulses": [[0.2, 0.5], [1.0, 1.3]], "beeps": True},
+        {"color": "blue", "shape": "circle", "size": "large", "motion": "up", "start": [100.0, 110.0],
+         "end": [100.0, 60.0], "pulses": [[2.0, 2.3]], "beeps": False},
+        {"color": "white", "shape": "square", "size": "small", "motion": "left", "start": [70.0, 40.0],
+         "end": [25.0, 40.0], "pulses": [], "beeps": False},
+    ],
+}
+
+
+def test_labels_follow_the_metadata():
+    y = labels(META)
+    value = {t.name: (t.classes[int(v)] if v != IGNORE else None) for t, v in zip(TARGETS, y)}
+    assert value["count_objects"] == "three"
+    assert value["red.motion"] == "none" and value["red.beeps"] == "two" and value["red.pulses"] == "two"
+    assert value["blue.beeps"] == "zero" and value["blue.pulses"] == "one"  # seen, not heard
+    assert value["green.present"] == "no" and value["green.shape"] is None
+    assert value["circle.color"] is None  # two circles: "What color is the circle?" is never asked
+    assert value["square.color"] == "white"
+    assert value["blue.size"] == "large"
+    # start and end positions in quarters of the 128 px frame
+    assert [value[f"blue.{k}"] for k in ("x0", "y0", "x1", "y1")] == ["3", "3", "3", "1"]
+    assert [value[f"white.{k}"] for k in ("x0", "x1")] == ["2", "0"]
+    assert (value["beep_exists"], value["count_beeps"], value["pitch"]) == ("yes", "two", "low")
+    assert (value["source_color"], value["source_shape"], value["source_motion"]) == ("red", "circle", "none")
+
+
+def test_silent_clip_masks_source_targets():
+    silent = {**META, "pitch": None, "objects": [{**o, "beeps": False} for o in META["objects"]]}
+    value = dict(zip([t.name for t in TARGETS], labels(silent).tolist()))
+    assert value["source_color"] == value["pitch"] == IGNORE
+    assert TARGETS[[t.name for t in TARGETS].index("count_beeps")].classes[value["count_beeps"]] == "zero"
+
+
+def test_heads_loss_ignores_targets_that_do_not_apply():
+    torch.manual_seed(0)
+    heads = Heads(16, num_tokens=5)
+    logits = heads(torch.randn(3, 5, 16))
+    assert [tuple(lg.shape) for lg in logits] == [(3, len(t.classes)) for t in TARGETS]
+    y = torch.stack([labels(META)] * 3)
+    y_masked = y.clone()
+    y_masked[:, 1:] = IGNORE
+    import torch.nn.functional as F
+
+    torch.testing.assert_close(heads_loss(logits, y_masked), F.cross_entropy(logits[0], y[:, 0]))
+
+
+def test_rng_state_round_trips(tmp_path):
+    torch.manual_seed(5)
+    checkpoint.save_rng(tmp_path, 0)
+    import random
+
+    import numpy as np
+
+    a = (torch.rand(3), np.random.rand(), random.random())
+    checkpoint.load_rng(tmp_path, 0)
+    b = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_plot_is_written(tmp_path):
+    from vqa.train.plot import plot_curves
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"type": "start"}] + [{"type": "train", "stage": "s", "step": i, "loss": 1 / i} for i in range(1, 5)]
+    rows.append({"type": "val", "stage": "s", "step": 4, "accuracy": 0.5})
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_curves(log, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- real runs with a tiny LLM, in subprocesses ----
+RUNNER = '''
+import sys, time
+
+
+def main():
+    from vqa.train import checkpoint, loop
+    from vqa.train.config import load_config
+
+    config_path, pause_at = sys.argv[1], int(sys.argv[2])
+    if pause_at:  # stop for good after this checkpoint, so the test can kill the process there
+        publish = checkpoint.publish
+
+        def publish_then_wait(tmp, final, keep):
+            publish(tmp, final, keep)
+            if final.name == f"step-{pause_at:06d}":
+                print("CHECKPOINTED", flush=True)
+                time.sleep(120)
+
+        checkpoint.publish = publish_then_wait
+    model = loop.train(*load_config(config_path))
+    if len(sys.argv) > 3:  # dump this process's trained weights
+        from accelerate import PartialState
+        from safetensors.torch import save_file
+
+        rank = PartialState().process_index
+        weights = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad or "lora_" in k
+                   or k.startswith(("encoder.", "projector."))}
+        save_file(weights, f"{sys.argv[3]}/rank{rank}.safetensors")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved as a model folder, the runner script, and small generated splits."""
+    from tests.helpers import tiny_llm
+    from vqa.synth.generate import generate
+
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    tiny_llm(tokenizer).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    (root / "runner.py").write_text(RUNNER)
+    generate(root / "train-split", 12, seed=101, workers=1, progress=False)
+    generate(root / "val-split", 4, seed=102, workers=1, progress=False)
+    return root
+
+
+def write_config(workspace: Path, name: str, **train) -> Path:
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw["model"]["llm"] = str(workspace / "llm")
+    raw["train"].update(out_dir=str(workspace / name), progress=False, keep_checkpoints=20,
+                        data={"train": str(workspace / "train-split"), "val": str(workspace / "val-split")}, **train)
+    path = workspace / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run(args: list[str], **kwargs) -> subprocess.Popen:
+    # one thread: the same arithmetic in every run, and no oversubscription with two processes
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for name in ("encoder_projector.safetensors", "adapter_model.safetensors"):
+        weights.update(load_file(str(out_dir / "final" / name)))
+    # the heads live only in checkpoints
+    weights.update({f"ckpt.{k}": v for k, v in load_file(str(checkpoint.latest_checkpoint(out_dir) / "weights.safetensors")).items()})
+    return weights
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    config = write_config(workspace, "straight")
+    finish(run([sys.executable, str(workspace / "runner.py"), str(config), "0"]))
+    return workspace / "straight"
+
+
+def test_run_writes_bundle_log_plot_and_keeps_frozen_parts(uninterrupted):
+    out = uninterrupted
+    assert (out / "curves.png").is_file()
+    for name in ("vqa_config.json", "encoder_projector.safetensors", "adapter_model.safetensors", "README.md"):
+        assert (out / "final" / name).is_file(), name
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["type"] == "start" and log[-1]["type"] == "end"
+    assert [r["step"] for r in log if r["type"] == "train"] == list(range(1, 12))
+    assert {r["stage"] for r in log if r["type"] == "val"} == {"encoder", "projector", "lora"}
+    # the encoder trains only in the first stage (global steps 1-4), the LoRA only in the last (8-11)
+    from safetensors.torch import load_file
+
+    def ckpt(step):
+        return load_file(str(out / "checkpoints" / f"step-{step:06d}" / "weights.safetensors"))
+
+    after_encoder, after_projector, end = ckpt(4), ckpt(7), ckpt(11)
+    enc = [k for k in end if k.startswith("encoder.")]
+    lora = [k for k in end if "lora_B" in k]
+    assert enc and lora
+    assert all(torch.equal(after_encoder[k], end[k]) for k in enc)
+    assert all(torch.equal(after_projector[k], after_encoder[k]) for k in lora)
+    assert not all(torch.equal(after_projector[k], end[k]) for k in lora)
+    assert not torch.equal(after_encoder["projector.fc1.weight"], after_projector["projector.fc1.weight"])
+
+
+@pytest.mark.parametrize("kill_after", [2, 9], ids=["mid-pretrain", "mid-lora"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(workspace, uninterrupted, kill_after):
+    config = write_config(workspace, f"killed-{kill_after}")
+    proc = run([sys.executable, str(workspace / "runner.py"), str(config), str(kill_after)])
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # wait until the checkpoint is on disk
+        if "CHECKPOINTED" in line or time.monotonic() > deadline:
+            break
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = workspace / f"killed-{kill_after}"
+    assert checkpoint.latest_checkpoint(out).name == f"step-{kill_after:06d}" and not (out / "final").exists()
+
+    log = finish(run([sys.executable, str(workspace / "runner.py"), str(config), "0"]))
+    assert f"resuming from {out / 'checkpoints' / f'step-{kill_after:06d}'}" in log
+    resumed, straight = final_weights(out), final_weights(uninterrupted)
+    assert set(resumed) == set(straight)
+    different = [k for k in straight if not torch.equal(resumed[k], straight[k])]
+    assert not different, different[:5]
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "train"]
+    assert steps == list(range(1, 12))  # records after the checkpoint were dropped, then redone once
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ddp_processes_end_with_identical_weights(workspace):
+    config = write_config(workspace, "ddp")
+    out = workspace / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "ddp_cpu.yaml"), "--main_process_port", str(_free_port())]
+    finish(run(launch + [str(workspace / "runner.py"), str(config), "0", str(out)]))
+    from safetensors.torch import load_file
+
+    ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
+    assert set(ranks[0]) == set(ranks[1]) and len(ranks[0]) > 10
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2
+    # two processes each took half of every global batch: as many samples per step as the batch size twice
+    rates = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "train" for r in rates)

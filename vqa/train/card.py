@@ -1,0 +1,50 @@
+"""The model card a training run writes into its bundle (README.md): what was trained, how, and how well."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ModelConfig
+from .config import TrainConfig
+
+
+def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: dict, last_val: dict | None) -> Path:
+    enc, media = model.encoder, model.media
+    lines = [
+        f"# {Path(folder).name}",
+        "",
+        f"A vqa bundle: an audio-visual encoder and projector feeding `{model.llm}`"
+        + (f" through a LoRA adapter (r={model.lora.r})." if model.lora else "."),
+        "",
+        "## Model",
+        "",
+        f"- frames: {media.num_frames} x {media.size}x{media.size} px; audio: {media.n_mels}-bin log-mel, "
+        f"{enc.audio_frames} frames",
+        f"- encoder: width {enc.width}, video depth {enc.video_depth} ({enc.attention} attention, patch {enc.patch_size}), "
+        f"audio depth {enc.audio_depth}, fusion {enc.fusion}; {enc.num_tokens} clip tokens",
+        f"- projector: MLP {enc.width} -> {model.projector_hidden} -> LLM hidden size",
+        "",
+        "## Training",
+        "",
+        f"Data: `{train.data.train}` (validation `{train.data.val}`).",
+        "",
+        "| stage | kind | trains | steps | batch | lr |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for s in train.stages:
+        batch = s.batch_size * s.grad_accum * summary.get("processes", 1)
+        lines.append(f"| {s.name} | {s.kind} | {', '.join(s.train)} | {s.steps} | {batch} | {s.lr:g} |")
+    lines += [
+        "",
+        f"Trained in {summary['train_seconds'] / 60:.1f} min on {summary.get('processes', 1)} process(es), "
+        f"precision {summary.get('precision')}"
+        + (f", with `vqa train --config {summary['config_path']}`." if summary.get("config_path") else "."),
+    ]
+    if last_val:
+        lines += ["", f"Last validation accuracy ({last_val['stage']}, step {last_val['step']}): "
+                      f"{100 * last_val['accuracy']:.1f}%."]
+    lines += ["", "## Config", "", "```json", json.dumps({"model": model.to_dict(), "train": train.to_dict()}, indent=1),
+              "```", ""]
+    path = Path(folder) / "README.md"
+    path.write_text("\n".join(lines))
+    return path

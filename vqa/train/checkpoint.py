@@ -1,0 +1,124 @@
+"""Checkpoints that resume exactly: weights, optimiser, scheduler, RNG streams and the data position.
+
+    out_dir/checkpoints/step-000120/
+        weights.safetensors    every part that any stage trains (encoder, projector, LoRA, heads)
+        optimizer.pt           optimiser and scheduler of the stage in progress
+        rng-rank<r>.pt         each process's RNG streams (torch, CUDA, numpy, python)
+        state.json             stage, steps, data position, both config trees
+
+A checkpoint is written under a temporary name and renamed, so a process killed
+while saving leaves the previous one intact. Everything is loaded with
+`weights_only=True`, so a checkpoint never runs code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+WEIGHTS = "weights.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "state.json"
+PREFIX = "step-"
+
+
+def checkpoints_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(out_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state(),
+        "python": _python_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+
+def _python_state() -> list:
+    version, internal, gauss_next = random.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def save_rng(folder: Path, rank: int) -> None:
+    torch.save(rng_state(), folder / f"rng-rank{rank}.pt")
+
+
+def load_rng(folder: Path, rank: int) -> None:
+    path = folder / f"rng-rank{rank}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint was written by fewer processes than this run has")
+    set_rng_state(torch.load(path, weights_only=True))
+
+
+def staging_dir(out_dir: str | Path, step: int) -> tuple[Path, Path]:
+    """(temporary folder to write into, final name)."""
+    root = checkpoints_dir(out_dir)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".{final.name}.tmp"
+    return tmp, final
+
+
+def save_main(tmp: Path, weights: dict[str, torch.Tensor], optimizer: dict, scheduler: dict, state: dict) -> None:
+    """The main process's part: weights, optimiser, scheduler and state."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / OPTIMIZER)
+    (tmp / STATE).write_text(json.dumps(state, indent=1))
+
+
+def publish(tmp: Path, final: Path, keep: int) -> None:
+    """Rename the finished checkpoint into place and drop all but the newest `keep`."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(final.parent.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(weights, {"optimizer", "scheduler"}, state) of a checkpoint."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE).read_text())
+    weights = load_file(str(folder / WEIGHTS))
+    opt = torch.load(folder / OPTIMIZER, weights_only=True)
+    return weights, opt, state

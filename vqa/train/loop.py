@@ -1,0 +1,376 @@
+"""`vqa train --config FILE`: the training loop, on a CPU or a GPU, or on several under `accelerate launch`.
+
+Reads top to bottom: configs, processes, data, model, then each stage in turn (what it
+trains, optimiser and schedule, the loop with logging, validation and checkpoints),
+then the bundle. A run whose out_dir holds a checkpoint continues from it exactly:
+same weights, optimiser, schedule, RNG streams and data position as if never stopped.
+
+Every process takes its own slice of each global batch (`data.rank_share`), gradients are
+averaged by DDP, so all processes hold the same weights after every step.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import bundle
+from ..config import ModelConfig
+from ..data import EpochOrder, PromptEncoder, ensure_split, load_features, qa_samples, rank_share, read_meta, read_qa
+from . import checkpoint
+from .card import write_card
+from .config import TrainConfig, load_config
+from .plot import plot_curves
+from .precision import autocast, resolve_precision
+from .pretrain import Heads, heads_accuracy, heads_loss, labels
+from .schedule import warmup_cosine
+
+LOG = "log.jsonl"
+PLOT = "curves.png"
+
+
+def cli(args) -> int:
+    model_config, train_config = load_config(args.config)
+    train(model_config, train_config, config_path=args.config)
+    return 0
+
+
+class StageModule(nn.Module):
+    """What one training step runs, as one module (so DDP sees one forward): heads loss or answer loss."""
+
+    def __init__(self, model: nn.Module, heads: nn.Module | None, precision: str = "fp32"):
+        super().__init__()
+        self.model = model
+        self.heads = heads
+        self.precision = precision
+
+    def forward(self, frames, mel, targets=None, **prompt) -> torch.Tensor:
+        with autocast(self.precision, frames.device):
+            if targets is not None:
+                return heads_loss(self.heads(self.model.encoder(frames, mel)), targets)
+            return self.model(frames=frames, mel=mel, **prompt)
+
+
+def parts_of(model, heads: nn.Module | None) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The trainable parts, each as (checkpoint name, parameter) pairs."""
+    parts = {
+        "encoder": [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters()],
+        "projector": [(f"projector.{n}", p) for n, p in model.projector.named_parameters()],
+        "lora": [(f"llm.{n}", p) for n, p in model.llm.named_parameters() if "lora_" in n],
+        "heads": [] if heads is None else [(f"heads.{n}", p) for n, p in heads.named_parameters()],
+    }
+    return parts
+
+
+def train(
+    model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=None, config_path: str | None = None
+):
+    """Run every stage (resuming from the newest checkpoint in out_dir); returns the trained VideoLLM.
+
+    `llm`, `tokenizer`: a causal LM to adapt instead of loading `model_config.llm` (tests pass tiny ones).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    started = time.perf_counter()
+    out = Path(config.out_dir)
+    device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(config.precision, device_kind)
+    stage_precision = [resolve_precision(s.precision or config.precision, device_kind) for s in config.stages]
+    # cpu=True where there is no GPU: under a torchrun-style launch the processes then join over gloo
+    # find_unused_parameters: a batch may hold no clip for some heads, and some encoder outputs feed no target
+    accelerator = Accelerator(
+        # bf16 needs no loss scaling: each stage autocasts itself; fp16 (GPU) goes through accelerate's scaler
+        mixed_precision="fp16" if "fp16" in stage_precision else "no", cpu=device_kind == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    set_seed(config.seed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # ---- data: the main process generates missing splits and builds the feature caches first ----
+    kinds = {s.kind for s in config.stages}
+    with accelerator.main_process_first():
+        d = config.data
+        ensure_split(d.train, d.train_clips, d.train_seed, workers=d.workers, progress=main and config.progress)
+        ensure_split(d.val, d.val_clips, d.val_seed, workers=d.workers, progress=main and config.progress)
+        train_records, val_records = read_qa(d.train), read_qa(d.val)
+        train_cache = load_features(d.train, model_config, workers=d.workers, progress=main and config.progress)
+        val_cache = load_features(d.val, model_config, workers=d.workers, progress=main and config.progress)
+    if "pretrain" in kinds:
+        train_labels = _clip_labels(d.train, train_cache)
+        val_labels = _clip_labels(d.val, val_cache)
+
+    # ---- model ----
+    from ..model import VideoLLM
+
+    if llm is None:
+        from ..llm import load_llm
+
+        llm, tokenizer = load_llm(model_config.llm)
+    torch.manual_seed(config.seed)
+    model = VideoLLM(model_config, llm, tokenizer)
+    enc = model_config.encoder
+    heads = Heads(enc.width, enc.num_tokens) if "pretrain" in kinds else None
+    parts = parts_of(model, heads)
+    named = {name: p for pairs in parts.values() for name, p in pairs}
+
+    # ---- resume ----
+    progress = {"stage": 0, "step": 0, "position": 0, "global_step": 0, "elapsed_s": 0.0}
+    ckpt = checkpoint.latest_checkpoint(out)
+    opt_state = None
+    if ckpt is not None:
+        weights, opt_state, saved = checkpoint.load(ckpt)
+        _load_weights(named, weights, ckpt)
+        progress = saved["progress"]
+        if saved["world_size"] != world:
+            raise RuntimeError(
+                f"{ckpt} was written by {saved['world_size']} processes, this run has {world}: "
+                f"resume with the same number (the data order depends on it)"
+            )
+        if main:
+            print(f"resuming from {ckpt} (stage {progress['stage']}, step {progress['step']})")
+    log = _Log(out / LOG, keep_upto=progress["global_step"]) if main else None
+    if main and ckpt is None:
+        log.write({"type": "start", "model": model_config.to_dict(), "train": config.to_dict(),
+                   "processes": world, "precision": precision, "device": device_kind})
+
+    run_started = time.perf_counter() - progress["elapsed_s"]
+    for index, stage in enumerate(config.stages):
+        if index < progress["stage"]:
+            continue
+        resume = ckpt if (ckpt is not None and index == progress["stage"]) else None
+        for p in named.values():
+            p.requires_grad_(False)
+        trained = [p for part in stage.train for _, p in parts[part]]
+        if not trained:
+            raise ValueError(f"stage {stage.name!r} trains {stage.train}, which have no parameters in this model")
+        for p in trained:
+            p.requires_grad_(True)
+
+        groups = []
+        for part in stage.train:
+            lr = stage.lr * stage.lr_scale.get(part, 1.0)
+            decay = [p for _, p in parts[part] if p.ndim >= 2]
+            no_decay = [p for _, p in parts[part] if p.ndim < 2]  # biases, norms, embeddings' scales
+            groups += [{"params": decay, "lr": lr, "weight_decay": stage.weight_decay},
+                       {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr)
+        module = StageModule(model, heads if stage.kind == "pretrain" else None, stage_precision[index])
+        wrapped, optimizer = accelerator.prepare(module, optimizer)
+        scheduler = warmup_cosine(optimizer, stage.warmup_steps, stage.steps, stage.min_lr_ratio)
+
+        if stage.kind == "pretrain":
+            n_samples = len(train_cache)
+            make_batch = lambda idx: _clip_batch(train_cache, train_labels, idx)  # noqa: E731
+        else:
+            samples = qa_samples(train_records, train_cache, turns=stage.turns, seed=config.seed + index)
+            prompts = PromptEncoder(model, samples)
+            n_samples = len(samples)
+            make_batch = lambda idx: prompts.batch(idx, train_cache)  # noqa: E731
+        order = EpochOrder(n_samples, seed=config.seed * 100 + index)
+
+        step, position = 0, 0
+        if resume is not None:
+            optimizer.load_state_dict(opt_state["optimizer"])
+            scheduler.load_state_dict(opt_state["scheduler"])
+            step, position = progress["step"], progress["position"]
+            checkpoint.load_rng(resume, rank)
+
+        def validate() -> dict:
+            with torch.random.fork_rng(devices=[]):  # validation must not move the training RNG
+                if stage.kind == "pretrain":
+                    return _validate_heads(model, heads, val_cache, val_labels, config, stage_precision[index])
+                return _validate_answers(model, val_cache, val_records, config, stage_precision[index])
+
+        def save(step_now: int, position_now: int, global_step: int) -> None:
+            tmp, final = checkpoint.staging_dir(out, global_step)
+            if main:
+                if tmp.exists():
+                    import shutil
+
+                    shutil.rmtree(tmp)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            checkpoint.save_rng(tmp, rank)
+            accelerator.wait_for_everyone()
+            if main:
+                state = {
+                    "progress": {"stage": index, "step": step_now, "position": position_now,
+                                 "global_step": global_step, "elapsed_s": time.perf_counter() - run_started},
+                    "stage": stage.name, "world_size": world,
+                    "model": model_config.to_dict(), "train": config.to_dict(),
+                }
+                weights = {name: p for name, p in named.items()}
+                checkpoint.save_main(tmp, weights, optimizer.state_dict(), scheduler.state_dict(), state)
+                checkpoint.publish(tmp, final, config.keep_checkpoints)
+                plot_curves(out / LOG, out / PLOT)
+            accelerator.wait_for_everyone()
+
+        global_step = progress["global_step"]
+        from tqdm import tqdm
+
+        bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step",
+                   disable=not (main and config.progress), dynamic_ncols=True)
+        window_loss, window_steps, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+        global_batch = stage.batch_size * world
+        while step < stage.steps:
+            wrapped.train()
+            for part, m in {"encoder": model.encoder, "projector": model.projector, "heads": heads}.items():
+                if m is not None and part not in stage.train:
+                    m.eval()  # frozen parts run as at inference
+            total = torch.zeros((), device=accelerator.device)
+            for micro in range(stage.grad_accum):
+                idx = rank_share(order, position, stage.batch_size, rank, world)
+                position += global_batch
+                batch = {k: v.to(accelerator.device) for k, v in make_batch(idx).items()}
+                last = micro == stage.grad_accum - 1
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(wrapped)
+                with sync:
+                    loss = wrapped(**batch)
+                    accelerator.backward(loss / stage.grad_accum)
+                total += loss.detach().float() / stage.grad_accum
+            if stage.max_grad_norm:
+                accelerator.clip_grad_norm_(trained, stage.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            global_step += 1
+            loss_value = accelerator.reduce(total, reduction="mean").item()
+            window_loss += loss_value
+            window_steps += 1
+            window_samples += global_batch * stage.grad_accum
+            rate = window_samples / max(1e-9, time.perf_counter() - window_start)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}")
+            end = step == stage.steps
+            if main and (step % config.log_every == 0 or end):
+                log.write({"type": "train", "stage": stage.name, "step": global_step, "stage_step": step,
+                           "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
+                           "samples_per_s": round(rate, 2), "epoch": round(position / n_samples, 3),
+                           "elapsed_s": round(time.perf_counter() - run_started, 1)})
+                window_loss, window_steps, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+            paused = time.perf_counter()
+            if step % config.eval_every == 0 or end:
+                if main:
+                    result = validate()
+                    log.write({"type": "val", "stage": stage.name, "step": global_step, "stage_step": step,
+                               **result})
+                    bar.write(f"[{stage.name} step {step}] validation accuracy {100 * result['accuracy']:.1f}%")
+                accelerator.wait_for_everyone()
+            if step % config.ckpt_every == 0 or end:
+                save(step, position, global_step)
+            window_start += time.perf_counter() - paused  # the rate counts training time only
+        bar.close()
+        progress = {"stage": index + 1, "step": 0, "position": 0, "global_step": global_step,
+                    "elapsed_s": time.perf_counter() - run_started}
+        ckpt = None  # later stages start fresh
+        # the next stage trains other parts: a fresh DDP wrapper and optimiser
+        del wrapped, optimizer, scheduler, module
+        accelerator.free_memory()
+        gc.collect()
+
+    if main:
+        seconds = time.perf_counter() - run_started
+        final = bundle.save_bundle(model, out / "final")
+        summary = {"train_seconds": round(seconds, 1), "processes": world, "precision": precision,
+                   "config_path": config_path, "session_seconds": round(time.perf_counter() - started, 1)}
+        write_card(final, model_config, config, summary, _last_val(out / LOG))
+        if config.export:
+            bundle.save_bundle(model, config.export)
+            write_card(Path(config.export), model_config, config, summary, _last_val(out / LOG))
+        log.write({"type": "end", **summary})
+        plot_curves(out / LOG, out / PLOT)
+        print(f"trained in {seconds / 60:.1f} min; bundle in {final}" + (f" and {config.export}" if config.export else ""))
+    accelerator.wait_for_everyone()
+    return model
+
+
+# ---- helpers ----
+class _Log:
+    """Append-only JSONL; on resume, records after the checkpoint's step are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, keep_upto: int):
+        self.path = path
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= keep_upto
+                    and json.loads(line)["type"] != "end"]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def _load_weights(named: dict[str, nn.Parameter], weights: dict[str, torch.Tensor], ckpt: Path) -> None:
+    missing = sorted(set(named) - set(weights))
+    unexpected = sorted(set(weights) - set(named))
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{ckpt} does not fit this model: missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {unexpected[:3]} ({len(unexpected)}); was the config changed?"
+        )
+    with torch.no_grad():
+        for name, p in named.items():
+            if p.shape != weights[name].shape:
+                raise RuntimeError(f"{ckpt}: {name} has shape {tuple(weights[name].shape)}, the model {tuple(p.shape)}")
+            p.copy_(weights[name])
+
+
+def _clip_labels(folder: str, cache) -> torch.Tensor:
+    """(N, Q) metadata targets of every clip in the cache, in cache order."""
+    meta = read_meta(folder)
+    missing = [v for v in cache.videos if v not in meta]
+    if missing:
+        raise ValueError(f"{folder}/meta.jsonl has no metadata for {len(missing)} clips (e.g. {missing[0]}); "
+                         f"a pretrain stage needs AVSynth metadata")
+    return torch.stack([labels(meta[v]) for v in cache.videos])
+
+
+def _clip_batch(cache, clip_labels: torch.Tensor, idx: list[int]) -> dict[str, torch.Tensor]:
+    frames, mel = cache.inputs(idx)
+    return {"frames": frames, "mel": mel, "targets": clip_labels[idx]}
+
+
+@torch.no_grad()
+def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, precision: str) -> dict:
+    model.encoder.eval()
+    heads.eval()
+    n = min(len(cache), config.val_questions)
+    logits = None
+    for start in range(0, n, config.val_batch_size):
+        idx = list(range(start, min(n, start + config.val_batch_size)))
+        frames, mel = cache.inputs(idx)
+        with autocast(precision, model.device):
+            part = heads(model.encoder(frames.to(model.device), mel.to(model.device)))
+        part = [p.float().cpu() for p in part]
+        logits = part if logits is None else [torch.cat([a, b]) for a, b in zip(logits, part)]
+    acc = heads_accuracy(logits, clip_labels[:n])
+    return {"accuracy": sum(acc.values()) / len(acc), "targets": {k: round(v, 4) for k, v in acc.items()}}
+
+
+def _validate_answers(model, cache, records, config: TrainConfig, precision: str) -> dict:
+    from ..evaluate import answer, summarize
+
+    records = [r for r in records if "family" in r][: config.val_questions]
+    if not records:
+        raise ValueError("the validation split has no benchmark records (with a `family`) to score")
+    replies = answer(model, cache, records, batch_size=config.val_batch_size, precision=precision, progress=False)
+    result = summarize(records, replies)
+    return {"accuracy": result["overall"]["accuracy"],
+            "families": {k: round(v["accuracy"], 4) for k, v in result["families"].items()}}
+
+
+def _last_val(log_path: Path) -> dict | None:
+    from .plot import read_log
+
+    vals = [r for r in read_log(log_path) if r["type"] == "val"]
+    return vals[-1] if vals else None
