@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from vqa.train import checkpoint
-from vqa.train.config import StageConfig, TrainConfig, load_config
+from vqa.train.config import StageConfig, load_config
 from vqa.train.pretrain import IGNORE, TARGETS, Heads, heads_loss, labels
 from vqa.train.schedule import lr_factor
 

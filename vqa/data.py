@@ -179,7 +179,7 @@ def decode_clips(
             pool = None
         else:
             # spawn: safe when the caller already runs torch threads
-            pool = mp.get_context("spawn").Pool(workers)
+            pool = mp.get_context("spawn").Pool(workers, initializer=_one_thread)
             results = pool.imap(_decode, jobs, chunksize=8)
         try:
             for f, m in results:
@@ -193,11 +193,14 @@ def decode_clips(
     return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(mel))
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # one clip per worker process: threads would only contend
+
+
 def _decode(job: tuple[str, dict, int]) -> tuple[np.ndarray, np.ndarray]:
     from .features import log_mel
     from .media import load_clip
 
-    torch.set_num_threads(1)  # one clip per process: threads would only contend
     path, media, audio_frames = job
     media = MediaConfig(**media)
     clip = load_clip(path, num_frames=media.num_frames, size=media.size)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from .. import bundle
 from ..config import ModelConfig
@@ -192,9 +194,7 @@ def train(
         def save(step_now: int, position_now: int, global_step: int) -> None:
             tmp, final = checkpoint.staging_dir(out, global_step)
             if main:
-                if tmp.exists():
-                    import shutil
-
+                if tmp.exists():  # left by a process killed while saving
                     shutil.rmtree(tmp)
                 tmp.mkdir(parents=True)
             accelerator.wait_for_everyone()
@@ -207,15 +207,12 @@ def train(
                     "stage": stage.name, "world_size": world,
                     "model": model_config.to_dict(), "train": config.to_dict(),
                 }
-                weights = {name: p for name, p in named.items()}
-                checkpoint.save_main(tmp, weights, optimizer.state_dict(), scheduler.state_dict(), state)
+                checkpoint.save_main(tmp, named, optimizer.state_dict(), scheduler.state_dict(), state)
                 checkpoint.publish(tmp, final, config.keep_checkpoints)
                 plot_curves(out / LOG, out / PLOT)
             accelerator.wait_for_everyone()
 
         global_step = progress["global_step"]
-        from tqdm import tqdm
-
         bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step",
                    disable=not (main and config.progress), dynamic_ncols=True)
         window_loss, window_steps, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
