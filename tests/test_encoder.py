@@ -238,3 +238,20 @@ def test_input_shape_errors():
         model(frames[:, :3], mel)
     with pytest.raises(ValueError, match=r"mel must have shape \(B, 16, 36\), got \(2, 16, 30\)"):
         model(frames, mel[:, :, :30])
+
+
+def test_conv_stem_fills_the_same_patch_grid():
+    model = build(patch_stem="conv")
+    frames, mel = inputs()
+    stem = model.video.patch_embed
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in stem.modules()) == 3  # 8 = 2^3
+    with torch.no_grad():
+        assert model(frames, mel).shape == build()(frames, mel).shape
+        assert stem(frames[:, 0]).shape == (2, TINY["width"], 4, 4)  # 32 px / patch 8
+    model.train()
+    model(frames, mel).sum().backward()
+    assert stem.layers[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"patch_stem must be one of \('linear', 'conv'\), got 'mlp'"):
+        tiny(patch_stem="mlp")
+    with pytest.raises(ValueError, match=r"power-of-two patch_size, got 6"):
+        tiny(patch_stem="conv", patch_size=6)

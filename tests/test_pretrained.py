@@ -163,3 +163,9 @@ def test_encoder_checkpoint_same_config_unchanged():
     state = model.state_dict()
     filtered = checkpoint_filter_fn(state, model)
     assert filtered.keys() == state.keys() and all(filtered[k] is state[k] for k in state)
+
+
+def test_vit_does_not_load_into_a_conv_stem():
+    video = VideoBranch(MEDIA, enc_config(patch_stem="conv"))
+    with pytest.raises(ValueError, match="patch_stem 'linear' only"):
+        load_vit_into_video(video, vit_model().state_dict())

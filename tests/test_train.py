@@ -17,7 +17,7 @@ import yaml
 
 from vqa.train import checkpoint
 from vqa.train.config import StageConfig, load_config
-from vqa.train.pretrain import IGNORE, TARGETS, Heads, heads_loss, labels
+from vqa.train.pretrain import IGNORE, PATCH_TARGETS, TARGETS, Heads, dense_accuracy, heads_loss, labels, patch_labels
 from vqa.train.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,16 @@ def test_unknown_keys_are_named(tmp_path):
     path.write_text("train:\n  stages:\n    - {name: a, stepz: 3}\n")
     with pytest.raises(ValueError, match="unknown StageConfig keys: \\['stepz'\\]"):
         load_config(path)
+
+
+# ---- precision ----
+def test_precision_follows_the_hardware():
+    from vqa.train.precision import cpu_has_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
 
 
 # ---- schedule ----
@@ -110,6 +120,46 @@ def test_heads_loss_ignores_targets_that_do_not_apply():
     import torch.nn.functional as F
 
     torch.testing.assert_close(heads_loss(logits, y_masked), F.cross_entropy(logits[0], y[:, 0]))
+
+
+def test_patch_labels_mark_each_object_centre():
+    y = patch_labels(META, num_frames=3, grid=(8, 8))  # 16 px cells of the 128 px frame; frames at 0.5, 1.5, 2.5 s
+    assert y.shape == (3, 64, 3)
+    names = {t.name: t.classes for t in PATCH_TARGETS}
+
+    def at(frame: int, x: float, y_: float) -> tuple[str, str, str]:
+        o, m, s = y[frame, int(y_ // 16) * 8 + int(x // 16)].tolist()
+        return names["patch.object"][o], names["patch.motion"][m], names["patch.sounding"][s]
+
+    assert at(0, 20, 20) == ("red-circle", "none", "yes")  # still, sounding
+    # blue moves up from y=110 to y=60 over 3 s: at 0.5 s it is at y=101.7, at 2.5 s at y=68.3
+    assert at(0, 100, 101.7) == ("blue-circle", "up", "no") and at(2, 100, 68.3) == ("blue-circle", "up", "no")
+    assert y[2, int(101.7 // 16) * 8 + 6, 0] == 0  # where blue was is background again
+    # white moves left from x=70 to x=25: at 1.5 s its centre is at x=47.5
+    assert at(1, 47.5, 40) == ("white-square", "left", "no")
+    # a patch its box only touches is left out; only object centres carry motion and sound
+    assert y[1, 2 * 8 + 3, 0] == IGNORE and ((y[..., 0] > 0) == (y[..., 1] != IGNORE)).all()
+    assert ((y[..., 0] > 0).sum(dim=1) == 3).all()  # three objects, one centre each, in every frame
+
+
+def test_dense_heads_train_and_score_object_patches():
+    torch.manual_seed(0)
+    heads = Heads(16, num_tokens=5, dense=True)
+    y = torch.stack([labels(META)] * 2)
+    dense_y = torch.stack([patch_labels(META, num_frames=3, grid=(8, 8))] * 2)  # (B, T, N, 3)
+    video = torch.randn(2, 3, 1 + 64, 16, requires_grad=True)  # (B, T, 1+N, D): CLS first
+    dense = heads.dense(video)
+    assert [tuple(d.shape) for d in dense] == [(2, 3, 64, len(t.classes)) for t in PATCH_TARGETS]
+    clip = heads(torch.randn(2, 5, 16))
+    with_dense, without = heads_loss(clip, y, dense, dense_y), heads_loss(clip, y)
+    assert with_dense > without
+    with_dense.backward()
+    assert video.grad[:, :, 0].abs().sum() == 0 and video.grad[:, :, 1:].abs().sum() > 0  # CLS is not a patch
+    # a classifier that is right on every object patch scores 1.0 there, whatever it says on background
+    perfect = [torch.nn.functional.one_hot(dense_y[..., j].clamp(min=0), len(t.classes)).float() * 10
+               for j, t in enumerate(PATCH_TARGETS)]
+    perfect[0][dense_y[..., 0] == 0] = 0.0
+    assert dense_accuracy(perfect, dense_y) == {t.name: 1.0 for t in PATCH_TARGETS}
 
 
 def test_rng_state_round_trips(tmp_path):
@@ -301,3 +351,30 @@ def test_two_ddp_processes_end_with_identical_weights(workspace):
     # two processes each took half of every global batch: as many samples per step as the batch size twice
     rates = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any(r["type"] == "train" for r in rates)
+
+
+def test_precise_batch_norm_uses_the_exact_statistics():
+    from tests.test_encoder import MEDIA, inputs, tiny
+    from vqa.encoder import AVEncoder
+    from vqa.train.loop import _precise_batch_norm
+
+    torch.manual_seed(0)
+    encoder = AVEncoder(MEDIA, tiny(patch_stem="conv")).eval()
+    frames, mel = inputs(batch=5)
+
+    class Cache:  # the part of FeatureCache it reads
+        def __len__(self):
+            return 5
+
+        def inputs(self, rows):
+            return frames[rows], mel[rows]
+
+    cache = Cache()
+    first = encoder.video.patch_embed.layers[1]
+    assert isinstance(first, torch.nn.BatchNorm2d) and torch.all(first.running_mean == 0)
+    _precise_batch_norm(encoder, cache, batch_size=1, precision="fp32")
+    with torch.no_grad():
+        conv = encoder.video.patch_embed.layers[0](frames.flatten(0, 1))  # (5*T, C, h, w)
+    # the mean over all five clips (equal batches: the cumulative average of their means is that mean)
+    torch.testing.assert_close(first.running_mean, conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert first.momentum == 0.1 and not encoder.training  # left as it was

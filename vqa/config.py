@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ATTENTION_MODES = ("divided", "joint", "space")
+PATCH_STEMS = ("linear", "conv")
 FUSION_MODES = ("bottleneck", "late", "early", "video", "audio")
 
 DEFAULT_LLM = "bundled:smollm2-135m-instruct"
@@ -62,6 +63,10 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-12
     # video branch: per-frame patches, TimeSformer blocks
     patch_size: int = 16
+    # "linear": ViT's patch projection (loads ViT checkpoints); "conv": a stack of stride-2 3x3
+    # convolutions down to the patch grid (Xiao et al. 2021, "Early convolutions help transformers
+    # see better"): shapes smaller than a patch are learned from scratch far sooner
+    patch_stem: str = "linear"
     video_depth: int = 4
     attention: str = "divided"
     # audio branch: AST-style patches over (n_mels x frames) log-mel
@@ -84,6 +89,10 @@ class EncoderConfig:
         problems = []
         if self.attention not in ATTENTION_MODES:
             problems.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.patch_stem not in PATCH_STEMS:
+            problems.append(f"patch_stem must be one of {PATCH_STEMS}, got {self.patch_stem!r}")
+        elif self.patch_stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            problems.append(f"patch_stem 'conv' needs a power-of-two patch_size, got {self.patch_size}")
         if self.fusion not in FUSION_MODES:
             problems.append(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.width % self.heads:

@@ -160,6 +160,8 @@ def vit_to_video(
     state_dict: dict[str, torch.Tensor], video: VideoBranch, grid: tuple[int, int] | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """A ViTModel state dict in `video`'s names (spatial embeddings resampled), and the unused keys."""
+    if not isinstance(video.patch_embed, nn.Conv2d):
+        raise ValueError("a ViT checkpoint loads into patch_stem 'linear' only: the conv stem has no ViT weights")
     sd = _canonical(state_dict, "ViT")
     pos = sd["embeddings.position_embeddings"]
     old = grid or _square_grid(pos.shape[1] - 1, "ViT position embedding")

@@ -79,6 +79,24 @@ class VideoBlock(Block):
         return x.view(B, T, P, D), extra.view(B, T, K, D).mean(dim=1)  # (B, T, P, D), (B, K, D)
 
 
+class ConvStem(nn.Module):
+    """Frames (B, 3, S, S) -> (B, D, S/p, S/p) through log2(p) stride-2 3x3 convolutions (channels doubling
+    from 32, capped at D) and a 1x1 projection to D: a drop-in for the patch projection."""
+
+    def __init__(self, width: int, patch_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, c_out = 3, 32
+        for _ in range(patch_size.bit_length() - 1):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU()]
+            c_in, c_out = c_out, min(2 * c_out, width)
+        layers.append(nn.Conv2d(c_in, width, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 class VideoBranch(nn.Module):
     """Frames (B, T, 3, S, S) -> tokens (B, T, 1+N, D): per-frame patches, position embeddings, blocks, norm."""
 
@@ -92,7 +110,10 @@ class VideoBranch(nn.Module):
         self.size = media.size
         self.grid = (media.size // enc.patch_size, media.size // enc.patch_size)  # (h, w), N = h*w
         num_patches = self.grid[0] * self.grid[1]
-        self.patch_embed = nn.Conv2d(3, D, kernel_size=enc.patch_size, stride=enc.patch_size)
+        if enc.patch_stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(D, enc.patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(3, D, kernel_size=enc.patch_size, stride=enc.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, D))  # spatial, CLS first
         self.time_embed = nn.Parameter(torch.zeros(1, media.num_frames, D))

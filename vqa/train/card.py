@@ -20,7 +20,8 @@ def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: di
         "",
         f"- frames: {media.num_frames} x {media.size}x{media.size} px; audio: {media.n_mels}-bin log-mel, "
         f"{enc.audio_frames} frames",
-        f"- encoder: width {enc.width}, video depth {enc.video_depth} ({enc.attention} attention, patch {enc.patch_size}), "
+        f"- encoder: width {enc.width}, video depth {enc.video_depth} ({enc.attention} attention, "
+        f"patch {enc.patch_size}, {enc.patch_stem} stem), "
         f"audio depth {enc.audio_depth}, fusion {enc.fusion}; {enc.num_tokens} clip tokens",
         f"- projector: MLP {enc.width} -> {model.projector_hidden} -> LLM hidden size",
         "",

@@ -94,6 +94,10 @@ class TrainConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    # > 0: pretrain stages also classify every video patch (which object's centre it holds, that object's
+    # motion, whether it beeps) with per-patch heads, dropped with the others; this weighs their loss
+    # against the clip targets' mean (at 1.0 they drown the clip targets: the audio ones stay at chance)
+    dense_weight: float = 0.0
     # "auto": bf16 where the device runs it natively (CUDA bf16, or a CPU with AVX512-BF16/AMX), else fp32
     precision: str = "auto"
     # periodic work, in optimiser steps of the current stage
@@ -110,6 +114,8 @@ class TrainConfig:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.dense_weight < 0:
+            problems.append(f"dense_weight must be >= 0, got {self.dense_weight}")
         for name in ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "val_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
