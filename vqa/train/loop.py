@@ -362,7 +362,9 @@ def _load_weights(named: dict[str, torch.Tensor], weights: dict[str, torch.Tenso
             p.copy_(weights[name])
 
 
-def _clip_labels(folder: str, cache, dense_for: ModelConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _clip_labels(
+    folder: str, cache, dense_for: ModelConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, Q) metadata targets of every clip in the cache, in cache order, and with `dense_for` the
     (N, T, patches, 3) dense targets for that model's frames and patch grid."""
     meta = read_meta(folder)
@@ -377,7 +379,9 @@ def _clip_labels(folder: str, cache, dense_for: ModelConfig | None = None) -> tu
     return clip, torch.stack([patch_labels(meta[v], dense_for.media.num_frames, (side, side)) for v in cache.videos])
 
 
-def _clip_batch(cache, clip_labels: tuple[torch.Tensor, torch.Tensor | None], idx: list[int]) -> dict[str, torch.Tensor]:
+def _clip_batch(
+    cache, clip_labels: tuple[torch.Tensor, torch.Tensor | None], idx: list[int]
+) -> dict[str, torch.Tensor]:
     frames, mel = cache.inputs(idx)
     clip, dense = clip_labels
     batch = {"frames": frames, "mel": mel, "targets": clip[idx]}
@@ -391,21 +395,19 @@ def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, preci
     model.encoder.eval()
     heads.eval()
     n = min(len(cache), config.val_questions)
-    logits, dense = None, None
+    clip_parts, dense_parts = [], []  # per batch: a list of logits per target
     for start in range(0, n, config.val_batch_size):
-        idx = list(range(start, min(n, start + config.val_batch_size)))
-        frames, mel = cache.inputs(idx)
+        frames, mel = cache.inputs(list(range(start, min(n, start + config.val_batch_size))))
         with autocast(precision, model.device):
-            part, part_dense = heads.run(model.encoder, frames.to(model.device), mel.to(model.device))
-        part = [p.float().cpu() for p in part]
-        logits = part if logits is None else [torch.cat([a, b]) for a, b in zip(logits, part)]
-        if part_dense is not None:
-            part_dense = [p.float().cpu() for p in part_dense]
-            dense = part_dense if dense is None else [torch.cat([a, b]) for a, b in zip(dense, part_dense)]
-    acc = heads_accuracy(logits, clip_labels[0][:n])
+            clip, dense = heads.run(model.encoder, frames.to(model.device), mel.to(model.device))
+        clip_parts.append([lg.float().cpu() for lg in clip])
+        if dense is not None:
+            dense_parts.append([lg.float().cpu() for lg in dense])
+    acc = heads_accuracy([torch.cat(per_target) for per_target in zip(*clip_parts)], clip_labels[0][:n])
     result = {"accuracy": sum(acc.values()) / len(acc), "targets": {k: round(v, 4) for k, v in acc.items()}}
-    if dense is not None:  # reported beside the clip targets, not in their mean
-        result["dense"] = {k: round(v, 4) for k, v in dense_accuracy(dense, clip_labels[1][:n]).items()}
+    if dense_parts:  # reported beside the clip targets, not in their mean
+        dense_logits = [torch.cat(per_target) for per_target in zip(*dense_parts)]
+        result["dense"] = {k: round(v, 4) for k, v in dense_accuracy(dense_logits, clip_labels[1][:n]).items()}
     return result
 
 
