@@ -255,3 +255,33 @@ def test_conv_stem_fills_the_same_patch_grid():
         tiny(patch_stem="mlp")
     with pytest.raises(ValueError, match=r"power-of-two patch_size, got 6"):
         tiny(patch_stem="conv", patch_size=6)
+
+
+@pytest.mark.parametrize("fusion", ["bottleneck", "late", "video", "audio"])
+def test_summary_tokens_follow_the_time_ordered_ones_and_read_every_branch(fusion):
+    plain = build(fusion=fusion)
+    with_summary = wake(build(fusion=fusion, summary_tokens=3)).train()
+    enc = tiny(fusion=fusion, summary_tokens=3)
+    frames, mel = inputs()
+    out = with_summary(frames, mel)
+    assert out.shape == (2, enc.num_tokens, enc.width) and enc.num_tokens == plain.num_tokens + 3
+    summary = out[:, -3:]
+    (summary * torch.randn_like(summary)).sum().backward()
+    # the queries see every patch of every frame and every audio patch: gradients reach both inputs' stems
+    for branch in ("video", "audio"):
+        if getattr(with_summary, branch) is not None:
+            assert getattr(with_summary, branch).patch_embed.weight.grad.abs().sum() > 0, branch
+
+
+def test_summary_tokens_tell_frames_apart():
+    model = build(summary_tokens=2).eval()
+    frames, mel = inputs(batch=1)
+    with torch.no_grad():
+        a = model(frames, mel)[:, -2:]
+        b = model(frames.flip(1), mel)[:, -2:]  # the same frames in reverse order
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_summary_config_is_checked():
+    with pytest.raises(ValueError, match="summary_tokens"):
+        tiny(summary_tokens=-1)

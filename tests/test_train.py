@@ -17,7 +17,10 @@ import yaml
 
 from vqa.train import checkpoint
 from vqa.train.config import StageConfig, load_config
-from vqa.train.pretrain import IGNORE, PATCH_TARGETS, TARGETS, Heads, dense_accuracy, heads_loss, labels, patch_labels
+from vqa.train.pretrain import (
+    CAPTION, IGNORE, PATCH_TARGETS, TARGETS, CaptionHead, Heads, caption_accuracy, caption_labels, caption_loss,
+    caption_words, dense_accuracy, heads_loss, labels, patch_labels,
+)
 from vqa.train.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +35,7 @@ def test_every_shipped_config_parses(path):
 
 
 @pytest.mark.parametrize("stage, message", [
-    (dict(kind="pretrain", train=["encoder", "lora"]), "trains only the encoder and heads"),
+    (dict(kind="pretrain", train=["encoder", "lora"]), "cannot train the LoRA"),
     (dict(kind="align", train=["heads"]), "no heads to train"),
     (dict(train=["decoder"]), "unknown parts"),
     (dict(kind="distill"), "kind must be one of"),
@@ -119,7 +122,7 @@ def test_heads_loss_ignores_targets_that_do_not_apply():
     y_masked[:, 1:] = IGNORE
     import torch.nn.functional as F
 
-    torch.testing.assert_close(heads_loss(logits, y_masked), F.cross_entropy(logits[0], y[:, 0]))
+    torch.testing.assert_close(heads_loss({"clip": logits}, y_masked), F.cross_entropy(logits[0], y[:, 0]))
 
 
 def test_patch_labels_mark_each_object_centre():
@@ -151,7 +154,7 @@ def test_dense_heads_train_and_score_object_patches():
     dense = heads.dense(video)
     assert [tuple(d.shape) for d in dense] == [(2, 3, 64, len(t.classes)) for t in PATCH_TARGETS]
     clip = heads(torch.randn(2, 5, 16))
-    with_dense, without = heads_loss(clip, y, dense, dense_y), heads_loss(clip, y)
+    with_dense, without = heads_loss({"clip": clip, "dense": dense}, y, dense_y), heads_loss({"clip": clip}, y)
     assert with_dense > without
     with_dense.backward()
     assert video.grad[:, :, 0].abs().sum() == 0 and video.grad[:, :, 1:].abs().sum() > 0  # CLS is not a patch
@@ -160,6 +163,46 @@ def test_dense_heads_train_and_score_object_patches():
                for j, t in enumerate(PATCH_TARGETS)]
     perfect[0][dense_y[..., 0] == 0] = 0.0
     assert dense_accuracy(perfect, dense_y) == {t.name: 1.0 for t in PATCH_TARGETS}
+
+
+def test_caption_reads_as_a_description_of_the_clip():
+    words = caption_words(META)
+    assert len(words) == len(CAPTION) and [len(s.classes) == 1 for s in CAPTION].count(True) == 6 + 3
+    at = {slot.name: w for slot, w in zip(CAPTION, words)}
+    assert at["count_objects"] == "three"
+    assert [at[k] for k in ("red", "red.shape", "red.motion", "red.beeps")] == ["red", "circle", "none", "two"]
+    assert [at[k] for k in ("white.shape", "white.motion", "white.beeps")] == ["square", "left", "zero"]
+    assert [at[k] for k in ("green.shape", "green.motion", "green.beeps")] == ["none", "none", "zero"]  # absent
+    assert [at[k] for k in ("beep_exists", "count_beeps", "pitch")] == ["yes", "two", "low"]
+    assert [at[k] for k in ("source_color", "source_shape", "source_motion")] == ["red", "circle", "none"]
+    # two circles (red, blue): "What color is the circle?" is never asked, the slot says none
+    assert (at["circle.color"], at["square.color"], at["triangle.color"]) == ("none", "white", "none")
+    silent = {**META, "pitch": None, "objects": [{**o, "beeps": False} for o in META["objects"]]}
+    quiet = dict(zip([s.name for s in CAPTION], caption_words(silent)))
+    assert [quiet[k] for k in ("beep_exists", "count_beeps", "pitch", "source_color", "red.beeps")] == \
+        ["no", "zero", "none", "none", "zero"]
+    y = caption_labels(META)
+    assert [slot.classes[i] for slot, i in zip(CAPTION, y.tolist())] == words
+
+
+def test_caption_head_pulls_tokens_onto_word_embeddings():
+    torch.manual_seed(0)
+    vocab = sorted({w for slot in CAPTION for w in slot.classes})
+    embeds = {w: torch.randn(24) for w in vocab}
+    head = CaptionHead(embeds)
+    y = torch.stack([caption_labels(META)] * 2)
+    exact = torch.stack([torch.stack([embeds[w] for w in caption_words(META)])] * 2)  # (B, C, H)
+    assert caption_accuracy(head(exact), y) == {s.name: 1.0 for s in CAPTION if len(s.classes) > 1}
+    tokens = torch.zeros(2, len(CAPTION), 24, requires_grad=True)
+    opt = torch.optim.Adam([tokens], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        caption_loss(head(tokens), y).backward()
+        opt.step()
+    assert min(caption_accuracy(head(tokens), y).values()) == 1.0
+    # the loss lands each token near its word, constants included, not merely nearer it than the rest
+    gap = (tokens.detach() - exact).norm(dim=-1) / exact.norm(dim=-1)
+    assert gap.max() < 0.35, gap.max()
 
 
 def test_rng_state_round_trips(tmp_path):

@@ -84,6 +84,10 @@ class EncoderConfig:
     time_steps: int = 16
     video_tokens_per_step: int = 1  # a square number: spatial pooling to sqrt x sqrt
     audio_tokens_per_step: int = 1
+    # learned queries that read every branch token by cross-attention and follow the time-ordered tokens
+    # (0: none); each holds what a question about the whole clip needs, where the LLM reads it in one step
+    summary_tokens: int = 0
+    summary_depth: int = 2
 
     def __post_init__(self) -> None:
         problems = []
@@ -104,6 +108,9 @@ class EncoderConfig:
             )
         if not 0 <= self.fusion_layer <= min(self.video_depth, self.audio_depth):
             problems.append(f"fusion_layer {self.fusion_layer} is outside [0, depth]")
+        if self.summary_tokens < 0 or self.summary_depth < 1:
+            problems.append(f"summary_tokens must be >= 0 and summary_depth >= 1, "
+                            f"got {self.summary_tokens} and {self.summary_depth}")
         root = int(round(self.video_tokens_per_step ** 0.5))
         if root * root != self.video_tokens_per_step:
             problems.append(f"video_tokens_per_step must be a square number, got {self.video_tokens_per_step}")
@@ -125,7 +132,7 @@ class EncoderConfig:
             self.audio_tokens_per_step if self.uses_audio else 0
         )
         bottlenecks = self.num_bottlenecks if self.fusion == "bottleneck" else 0
-        return self.time_steps * per_step + bottlenecks
+        return self.time_steps * per_step + bottlenecks + self.summary_tokens
 
 
 @dataclass

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import EncoderConfig, MediaConfig, ModelConfig
 from .audio import AudioBranch, audio_grid, audio_problems
+from .summary import SummaryTokens
 from .video import VideoBranch, video_problems
 
 VIDEO, AUDIO, BOTTLENECK = 0, 1, 2  # rows of OutputTokens.type_embed
@@ -140,6 +141,8 @@ class AVEncoder(nn.Module):
             self.video.grid if self.video is not None else None,
             self.audio.grid if self.audio is not None else None,
         )
+        self.summary = (SummaryTokens(enc, media.num_frames, self.audio.grid if self.audio is not None else None)
+                        if enc.summary_tokens else None)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "AVEncoder":
@@ -185,6 +188,8 @@ class AVEncoder(nn.Module):
 
     def forward_head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = self.head(features)
+        if self.summary is not None:
+            tokens = torch.cat([tokens, self.summary(features)], dim=1)  # (B, L, D), summaries last
         assert tokens.shape[1] == self.num_tokens, (tokens.shape, self.num_tokens)
         return tokens
 

@@ -22,7 +22,8 @@ def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: di
         f"{enc.audio_frames} frames",
         f"- encoder: width {enc.width}, video depth {enc.video_depth} ({enc.attention} attention, "
         f"patch {enc.patch_size}, {enc.patch_stem} stem), "
-        f"audio depth {enc.audio_depth}, fusion {enc.fusion}; {enc.num_tokens} clip tokens",
+        f"audio depth {enc.audio_depth}, fusion {enc.fusion}; {enc.num_tokens} clip tokens"
+        + (f", the last {enc.summary_tokens} of them summary tokens" if enc.summary_tokens else ""),
         f"- projector: MLP {enc.width} -> {model.projector_hidden} -> LLM hidden size",
         "",
         "## Training",

@@ -65,8 +65,8 @@ class StageConfig:
             problems.append(f"train names unknown parts {unknown}; parts: {PARTS}")
         if not self.train:
             problems.append("train is empty: name at least one part")
-        if self.kind == "pretrain" and not set(self.train) <= {"encoder", "heads"}:
-            problems.append(f"a pretrain stage trains only the encoder and heads, got {self.train}")
+        if self.kind == "pretrain" and "lora" in self.train:
+            problems.append(f"a pretrain stage runs no LLM and cannot train the LoRA, got {self.train}")
         if self.kind == "align" and "heads" in self.train:
             problems.append("an align stage has no heads to train")
         unknown = sorted(set(self.lr_scale) - set(PARTS))
@@ -98,6 +98,10 @@ class TrainConfig:
     # motion, whether it beeps) with per-patch heads, dropped with the others; this weighs their loss
     # against the clip targets' mean (at 1.0 they drown the clip targets: the audio ones stay at chance)
     dense_weight: float = 0.0
+    # > 0: pretrain stages also teach the first summary tokens, through the projector, to land on the LLM's
+    # embeddings of a caption of the clip's metadata (vqa.train.pretrain.CAPTION; needs that many summary
+    # tokens), weighed like dense_weight; the stage should then train the projector too
+    caption_weight: float = 0.0
     # "auto": bf16 where the device runs it natively (CUDA bf16, or a CPU with AVX512-BF16/AMX), else fp32
     precision: str = "auto"
     # periodic work, in optimiser steps of the current stage
@@ -114,8 +118,9 @@ class TrainConfig:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.dense_weight < 0:
-            problems.append(f"dense_weight must be >= 0, got {self.dense_weight}")
+        for name in ("dense_weight", "caption_weight"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "val_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

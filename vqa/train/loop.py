@@ -29,7 +29,10 @@ from .card import write_card
 from .config import TrainConfig, load_config
 from .plot import plot_curves
 from .precision import autocast, resolve_precision
-from .pretrain import Heads, dense_accuracy, heads_accuracy, heads_loss, labels, patch_labels
+from .pretrain import (
+    CAPTION, CaptionHead, Heads, caption_accuracy, caption_labels, dense_accuracy, heads_accuracy, heads_loss, labels,
+    patch_labels, word_embeddings,
+)
 from .schedule import warmup_cosine
 
 LOG = "log.jsonl"
@@ -45,18 +48,20 @@ def cli(args) -> int:
 class StageModule(nn.Module):
     """What one training step runs, as one module (so DDP sees one forward): heads loss or answer loss."""
 
-    def __init__(self, model: nn.Module, heads: nn.Module | None, precision: str = "fp32", dense_weight: float = 0.0):
+    def __init__(self, model: nn.Module, heads: nn.Module | None, precision: str = "fp32", dense_weight: float = 0.0,
+                 caption_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.heads = heads
         self.precision = precision
         self.dense_weight = dense_weight
+        self.caption_weight = caption_weight
 
-    def forward(self, frames, mel, targets=None, patch_targets=None, **prompt) -> torch.Tensor:
+    def forward(self, frames, mel, targets=None, patch_targets=None, caption_targets=None, **prompt) -> torch.Tensor:
         with autocast(self.precision, frames.device):
             if targets is not None:
-                logits, dense = self.heads.run(self.model.encoder, frames, mel)
-                return heads_loss(logits, targets, dense, patch_targets, self.dense_weight)
+                out = self.heads.run(self.model.encoder, frames, mel, self.model.projector)
+                return heads_loss(out, targets, patch_targets, caption_targets, self.dense_weight, self.caption_weight)
             return self.model(frames=frames, mel=mel, **prompt)
 
 
@@ -108,9 +113,13 @@ def train(
         train_cache = load_features(d.train, model_config, workers=d.workers, progress=main and config.progress)
         val_cache = load_features(d.val, model_config, workers=d.workers, progress=main and config.progress)
     dense = "pretrain" in kinds and config.dense_weight > 0 and model_config.encoder.uses_video
+    caption = "pretrain" in kinds and config.caption_weight > 0
+    if caption and model_config.encoder.summary_tokens < len(CAPTION):
+        raise ValueError(f"caption_weight > 0 needs encoder.summary_tokens >= {len(CAPTION)} (one per caption "
+                         f"slot), got {model_config.encoder.summary_tokens}")
     if "pretrain" in kinds:
-        train_labels = _clip_labels(d.train, train_cache, model_config if dense else None)
-        val_labels = _clip_labels(d.val, val_cache, model_config if dense else None)
+        train_labels = _clip_labels(d.train, train_cache, model_config if dense else None, caption)
+        val_labels = _clip_labels(d.val, val_cache, model_config if dense else None, caption)
 
     # ---- model ----
     from ..model import VideoLLM
@@ -122,7 +131,11 @@ def train(
     torch.manual_seed(config.seed)
     model = VideoLLM(model_config, llm, tokenizer)
     enc = model_config.encoder
-    heads = Heads(enc.width, enc.num_tokens, dense=dense) if "pretrain" in kinds else None
+    heads = None
+    if "pretrain" in kinds:
+        head = CaptionHead(word_embeddings(model.llm, tokenizer)) if caption else None
+        heads = Heads(enc.width, enc.num_tokens, dense=dense, caption=head,
+                      caption_start=enc.num_tokens - enc.summary_tokens)
     parts = parts_of(model, heads)
     named = {name: p for pairs in parts.values() for name, p in pairs}
     # what a checkpoint holds: the parameters, and the buffers training changes (batch-norm statistics)
@@ -170,7 +183,7 @@ def train(
                        {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr)
         module = StageModule(model, heads if stage.kind == "pretrain" else None, stage_precision[index],
-                             config.dense_weight)
+                             config.dense_weight, config.caption_weight)
         wrapped, optimizer = accelerator.prepare(module, optimizer)
         scheduler = warmup_cosine(optimizer, stage.warmup_steps, stage.steps, stage.min_lr_ratio)
 
@@ -363,31 +376,28 @@ def _load_weights(named: dict[str, torch.Tensor], weights: dict[str, torch.Tenso
 
 
 def _clip_labels(
-    folder: str, cache, dense_for: ModelConfig | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N, Q) metadata targets of every clip in the cache, in cache order, and with `dense_for` the
-    (N, T, patches, 3) dense targets for that model's frames and patch grid."""
+    folder: str, cache, dense_for: ModelConfig | None = None, caption: bool = False
+) -> dict[str, torch.Tensor]:
+    """Every clip's metadata targets, in cache order: "targets" (N, Q); with `dense_for`, "patch_targets"
+    (N, T, patches, 3) for that model's frames and patch grid; with `caption`, "caption_targets" (N, C)."""
     meta = read_meta(folder)
     missing = [v for v in cache.videos if v not in meta]
     if missing:
         raise ValueError(f"{folder}/meta.jsonl has no metadata for {len(missing)} clips (e.g. {missing[0]}); "
                          f"a pretrain stage needs AVSynth metadata")
-    clip = torch.stack([labels(meta[v]) for v in cache.videos])
-    if dense_for is None:
-        return clip, None
-    side = dense_for.media.size // dense_for.encoder.patch_size
-    return clip, torch.stack([patch_labels(meta[v], dense_for.media.num_frames, (side, side)) for v in cache.videos])
+    out = {"targets": torch.stack([labels(meta[v]) for v in cache.videos])}
+    if dense_for is not None:
+        side = dense_for.media.size // dense_for.encoder.patch_size
+        out["patch_targets"] = torch.stack(
+            [patch_labels(meta[v], dense_for.media.num_frames, (side, side)) for v in cache.videos])
+    if caption:
+        out["caption_targets"] = torch.stack([caption_labels(meta[v]) for v in cache.videos])
+    return out
 
 
-def _clip_batch(
-    cache, clip_labels: tuple[torch.Tensor, torch.Tensor | None], idx: list[int]
-) -> dict[str, torch.Tensor]:
+def _clip_batch(cache, clip_labels: dict[str, torch.Tensor], idx: list[int]) -> dict[str, torch.Tensor]:
     frames, mel = cache.inputs(idx)
-    clip, dense = clip_labels
-    batch = {"frames": frames, "mel": mel, "targets": clip[idx]}
-    if dense is not None:
-        batch["patch_targets"] = dense[idx]
-    return batch
+    return {"frames": frames, "mel": mel, **{k: v[idx] for k, v in clip_labels.items()}}
 
 
 @torch.no_grad()
@@ -395,19 +405,23 @@ def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, preci
     model.encoder.eval()
     heads.eval()
     n = min(len(cache), config.val_questions)
-    clip_parts, dense_parts = [], []  # per batch: a list of logits per target
+    parts: dict[str, list[list[torch.Tensor]]] = {}  # per head kind, per batch: a list of logits per target
     for start in range(0, n, config.val_batch_size):
         frames, mel = cache.inputs(list(range(start, min(n, start + config.val_batch_size))))
         with autocast(precision, model.device):
-            clip, dense = heads.run(model.encoder, frames.to(model.device), mel.to(model.device))
-        clip_parts.append([lg.float().cpu() for lg in clip])
-        if dense is not None:
-            dense_parts.append([lg.float().cpu() for lg in dense])
-    acc = heads_accuracy([torch.cat(per_target) for per_target in zip(*clip_parts)], clip_labels[0][:n])
+            out = heads.run(model.encoder, frames.to(model.device), mel.to(model.device), model.projector)
+        for kind, logits in out.items():
+            parts.setdefault(kind, []).append([lg.float().cpu() for lg in logits])
+    joined = {kind: [torch.cat(per_target) for per_target in zip(*batches)] for kind, batches in parts.items()}
+    acc = heads_accuracy(joined["clip"], clip_labels["targets"][:n])
     result = {"accuracy": sum(acc.values()) / len(acc), "targets": {k: round(v, 4) for k, v in acc.items()}}
-    if dense_parts:  # reported beside the clip targets, not in their mean
-        dense_logits = [torch.cat(per_target) for per_target in zip(*dense_parts)]
-        result["dense"] = {k: round(v, 4) for k, v in dense_accuracy(dense_logits, clip_labels[1][:n]).items()}
+    if "dense" in joined:  # reported beside the clip targets, not in their mean
+        result["dense"] = {k: round(v, 4) for k, v in
+                           dense_accuracy(joined["dense"], clip_labels["patch_targets"][:n]).items()}
+    if "caption" in joined:
+        cap = caption_accuracy(joined["caption"], clip_labels["caption_targets"][:n])
+        result["caption_accuracy"] = sum(cap.values()) / len(cap)
+        result["caption"] = {k: round(v, 4) for k, v in cap.items()}
     return result
 
 

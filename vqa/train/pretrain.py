@@ -61,8 +61,8 @@ def targets() -> list[Target]:
 TARGETS = targets()
 
 
-def labels(meta: dict) -> torch.Tensor:
-    """(Q,) class indices of one clip's targets; IGNORE where a target does not apply."""
+def _values(meta: dict) -> dict[str, str]:
+    """Every target's answer word for one clip, for the targets that apply to it."""
     values: dict[str, str] = {"count_objects": NUMBER_WORDS[len(meta["objects"])]}
     by_color = {o["color"]: o for o in meta["objects"]}
     for c in COLORS:
@@ -89,6 +89,12 @@ def labels(meta: dict) -> torch.Tensor:
         values["source_color"] = source["color"]
         values["source_shape"] = source["shape"]
         values["source_motion"] = motion_word(source)
+    return values
+
+
+def labels(meta: dict) -> torch.Tensor:
+    """(Q,) class indices of one clip's targets; IGNORE where a target does not apply."""
+    values = _values(meta)
     out = torch.full((len(TARGETS),), IGNORE, dtype=torch.long)
     for q, t in enumerate(TARGETS):
         if t.name in values:
@@ -96,6 +102,106 @@ def labels(meta: dict) -> torch.Tensor:
                 raise ValueError(f"clip {meta.get('id')}: {t.name} = {values[t.name]!r} is not one of {t.classes}")
             out[q] = t.classes.index(values[t.name])
     return out
+
+
+# ---- the caption: summary tokens projected into the LLM's input space, one word each ----
+# The first summary tokens, through the projector, are taught to land on the LLM's own embedding of a word,
+# in a fixed order that reads like a terse description: "three red circle left two green none none zero
+# ... yes two high red circle left circle red square none triangle blue". Answering a question is then
+# reading words, which the LLM already does; the words' slots are its answers for every object at once.
+NONE = "none"
+
+
+def caption_slots() -> list[Target]:
+    """The caption's slots in order; a slot with one word is a constant (a label such as "red")."""
+    out = [Target("count_objects", ("one", "two", "three"))]
+    for c in COLORS:
+        out += [Target(c, (c,)), Target(f"{c}.shape", SHAPES + (NONE,)),
+                Target(f"{c}.motion", DIRECTION_ANSWERS), Target(f"{c}.beeps", COUNT_ANSWERS)]
+    out += [
+        Target("beep_exists", PRESENT),
+        Target("count_beeps", COUNT_ANSWERS),
+        Target("pitch", ("high", "low", NONE)),
+        Target("source_color", tuple(COLORS) + (NONE,)),
+        Target("source_shape", SHAPES + (NONE,)),
+        Target("source_motion", DIRECTION_ANSWERS),
+    ]
+    for s in SHAPES:
+        out += [Target(s, (s,)), Target(f"{s}.color", tuple(COLORS) + (NONE,))]
+    return out
+
+
+CAPTION = caption_slots()
+# what a slot holds where its target does not apply: an absent colour, no beep, a shape seen twice
+_ABSENT = {"shape": NONE, "motion": NONE, "beeps": "zero", "color": NONE, "pitch": NONE}
+
+
+def caption_words(meta: dict) -> list[str]:
+    """The clip's caption, one word per slot of CAPTION."""
+    values = _values(meta)
+    words = []
+    for slot in CAPTION:
+        if len(slot.classes) == 1:
+            words.append(slot.classes[0])
+        else:
+            words.append(values.get(slot.name) or _ABSENT[slot.name.rsplit(".", 1)[-1].replace("source_", "")])
+    return words
+
+
+def caption_labels(meta: dict) -> torch.Tensor:
+    """(C,) the index of each slot's word among that slot's words."""
+    return torch.tensor([slot.classes.index(w) for slot, w in zip(CAPTION, caption_words(meta))])
+
+
+class CaptionHead(nn.Module):
+    """Scores projected summary tokens (B, C, H) against the LLM's embeddings of each slot's words.
+
+    A slot's logits are minus the squared distances to its words' embeddings over a temperature (in units
+    of the words' mean squared norm). `caption_loss` adds the distance to the right word, so a token lands
+    on that embedding (the LLM reads it as the word) and does not merely point away from the others.
+    No parameters: the projector learns."""
+
+    def __init__(self, word_embeddings: dict[str, torch.Tensor], temperature: float = 0.1):
+        super().__init__()
+        words = sorted({w for slot in CAPTION for w in slot.classes})
+        table = torch.stack([word_embeddings[w].detach().float() for w in words])  # (W, H)
+        self.register_buffer("table", table, persistent=False)
+        self.scale = float(table.pow(2).sum(-1).mean()) * temperature
+        self.slot_words = [torch.tensor([words.index(w) for w in slot.classes]) for slot in CAPTION]
+
+    def forward(self, projected: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H) -> per slot (B, words) logits."""
+        out = []
+        for c, ids in enumerate(self.slot_words):
+            e = self.table[ids.to(self.table.device)]  # (n, H)
+            out.append(-(projected[:, c, None].float() - e).pow(2).sum(-1) / self.scale)
+        return out
+
+
+def caption_loss(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over each slot's words plus the distance to the right one (y: (B, C))."""
+    losses = []
+    for c, lg in enumerate(logits):
+        right = lg.gather(1, y[:, c:c + 1]).squeeze(1)  # minus the distance over the temperature
+        losses.append(F.cross_entropy(lg, y[:, c]) - 0.1 * right.mean())  # at temperature 0.1: the plain distance
+    return torch.stack(losses).mean()
+
+
+def word_embeddings(llm: nn.Module, tokenizer) -> dict[str, torch.Tensor]:
+    """The LLM's input embedding of each caption word, as it appears mid-sentence (after a space)."""
+    table = llm.get_input_embeddings().weight
+    out = {}
+    for w in {w for slot in CAPTION for w in slot.classes}:
+        ids = tokenizer.encode(" " + w, add_special_tokens=False)
+        out[w] = table[ids].mean(0)  # one token for every word in SmolLM2's vocabulary
+    return out
+
+
+@torch.no_grad()
+def caption_accuracy(logits: list[torch.Tensor], y: torch.Tensor) -> dict[str, float]:
+    """Accuracy per caption slot (constant slots left out)."""
+    return {slot.name: (lg.argmax(-1) == y[:, c]).float().mean().item()
+            for c, (slot, lg) in enumerate(zip(CAPTION, logits)) if len(slot.classes) > 1}
 
 
 # ---- dense targets: what covers each video patch of each frame ----
@@ -153,17 +259,20 @@ class DenseHeads(nn.Module):
 
 
 class Heads(nn.Module):
-    """An MLP over the concatenated tokens (B, K*D), then one classifier slice per target.
+    """An MLP over the concatenated tokens (B, K*D), then one classifier slice per target; optionally the
+    dense heads on the video patches and the caption head on the first summary tokens, projected.
 
     Reading the tokens by their place in the sequence (which time step, which grid cell), as the
     LLM does through its positions, lets position and motion be learned at once; heads that pool
     the tokens by attention first stayed at chance on both for hundreds of steps."""
 
     def __init__(self, width: int, num_tokens: int, hidden: int = 512, targets: list[Target] = TARGETS,
-                 dense: bool = False):
+                 dense: bool = False, caption: CaptionHead | None = None, caption_start: int = 0):
         super().__init__()
         self.targets = targets
         self.dense = DenseHeads(width) if dense else None
+        self.caption = caption
+        self.caption_start = caption_start  # index of the first summary token
         self.sizes = [len(t.classes) for t in targets]
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(num_tokens * width, hidden), nn.GELU(), nn.Linear(hidden, sum(self.sizes)))
@@ -173,30 +282,38 @@ class Heads(nn.Module):
         x = self.norm(tokens).flatten(1)  # (B, K*D)
         return list(self.mlp(x).split(self.sizes, dim=-1))
 
-    def run(self, encoder: nn.Module, frames: torch.Tensor, mel: torch.Tensor):
-        """The encoder, then both kinds of heads: (clip logits, dense logits or None)."""
+    def run(self, encoder: nn.Module, frames: torch.Tensor, mel: torch.Tensor,
+            projector: nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
+        """The encoder, then every head: {"clip": logits, and "dense", "caption" where built}."""
         features = encoder.forward_features(frames, mel)
-        clip = self(encoder.forward_head(features))
-        if self.dense is None:  # the loop builds it only for a model with a video branch
-            return clip, None
-        return clip, self.dense(features["video"])
+        tokens = encoder.forward_head(features)
+        out = {"clip": self(tokens)}
+        if self.dense is not None:  # the loop builds it only for a model with a video branch
+            out["dense"] = self.dense(features["video"])
+        if self.caption is not None:
+            start = self.caption_start
+            out["caption"] = self.caption(projector(tokens[:, start:start + len(CAPTION)]))
+        return out
 
 
-def heads_loss(logits: list[torch.Tensor], y: torch.Tensor, dense: list[torch.Tensor] | None = None,
-               dense_y: torch.Tensor | None = None, dense_weight: float = 1.0) -> torch.Tensor:
-    """Mean over targets of each target's cross-entropy on the clips where it applies (y: (B, Q)), plus
-    `dense_weight` times the sum of the dense targets' mean cross-entropy over the patches where they
-    apply (dense_y: (B, T, N, 3))."""
+def heads_loss(out: dict[str, list[torch.Tensor]], targets: torch.Tensor, patch_targets: torch.Tensor | None = None,
+               caption_targets: torch.Tensor | None = None, dense_weight: float = 1.0,
+               caption_weight: float = 1.0) -> torch.Tensor:
+    """Mean over targets of each target's cross-entropy on the clips where it applies (targets: (B, Q)),
+    plus `dense_weight` times the sum of the dense targets' mean cross-entropy over the patches where they
+    apply (patch_targets: (B, T, N, 3)), plus `caption_weight` times the caption loss (caption_targets: (B, C))."""
     losses = []
-    for q, lg in enumerate(logits):
-        keep = y[:, q] != IGNORE
+    for q, lg in enumerate(out["clip"]):
+        keep = targets[:, q] != IGNORE
         if keep.any():
-            losses.append(F.cross_entropy(lg[keep].float(), y[keep, q]))
+            losses.append(F.cross_entropy(lg[keep].float(), targets[keep, q]))
     loss = torch.stack(losses).mean()
-    if dense is not None and dense_y is not None:
-        dense_losses = [F.cross_entropy(lg.flatten(0, 2).float(), dense_y[..., j].flatten(), ignore_index=IGNORE)
-                        for j, lg in enumerate(dense)]
+    if "dense" in out and patch_targets is not None:
+        dense_losses = [F.cross_entropy(lg.flatten(0, 2).float(), patch_targets[..., j].flatten(), ignore_index=IGNORE)
+                        for j, lg in enumerate(out["dense"])]
         loss = loss + dense_weight * sum(dense_losses)
+    if "caption" in out and caption_targets is not None:
+        loss = loss + caption_weight * caption_loss(out["caption"], caption_targets)
     return loss
 
 
