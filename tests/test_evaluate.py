@@ -141,16 +141,3 @@ def test_committed_adapter_answers_a_fresh_split(tmp_path):
     assert result["questions"] >= 200
     assert result["overall"]["accuracy"] >= 0.90, format_table(result)
 
-
-@pytest.mark.slow
-def test_committed_adapter_keeps_the_llms_language(tmp_path):
-    """Trained on one-word answers, the adapter still answers a plain question that is not about the clip."""
-    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
-        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
-    from vqa.api import VideoQA
-    from vqa.synth.generate import generate
-
-    generate(tmp_path, 1, seed=7, progress=False)
-    clip = next((tmp_path / "clips").glob("*.mp4"))
-    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
-    assert "paris" in qa.ask(clip, "What is the capital of France?", max_new_tokens=24).lower()
