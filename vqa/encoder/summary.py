@@ -70,7 +70,6 @@ class SummaryTokens(nn.Module):
     def __init__(self, enc: EncoderConfig, num_frames: int, audio_grid: tuple[int, int] | None = None):
         super().__init__()
         D = enc.width
-        self.num_frames = num_frames
         self.audio_grid = audio_grid  # (Fm, Ft) of the audio patches, where there is an audio branch
         self.queries = nn.Parameter(torch.zeros(1, enc.summary_tokens, D))
         self.frame_embed = nn.Parameter(torch.zeros(1, num_frames, 1, D))

@@ -356,8 +356,12 @@ def _precise_batch_norm(encoder: nn.Module, cache, batch_size: int, precision: s
 
 
 def _buffers(module: nn.Module | None, prefix: str) -> dict[str, torch.Tensor]:
-    """A module's buffers, by checkpoint name (batch-norm running statistics and step counts)."""
-    return {} if module is None else {prefix + n: b for n, b in module.named_buffers()}
+    """A module's persistent buffers, by checkpoint name (batch-norm running statistics and step counts);
+    non-persistent ones (the caption head's word embeddings) are rebuilt, not saved."""
+    if module is None:
+        return {}
+    persistent = module.state_dict().keys()
+    return {prefix + n: b for n, b in module.named_buffers() if n in persistent}
 
 
 def _load_weights(named: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], ckpt: Path) -> None:

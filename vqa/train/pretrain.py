@@ -110,6 +110,8 @@ def labels(meta: dict) -> torch.Tensor:
 # ... yes two high red circle left circle red square none triangle blue". Answering a question is then
 # reading words, which the LLM already does; the words' slots are its answers for every object at once.
 NONE = "none"
+# caption logits are minus squared distances over this (in units of the words' mean squared norm)
+CAPTION_TEMPERATURE = 0.1
 
 
 def caption_slots() -> list[Target]:
@@ -156,17 +158,17 @@ def caption_labels(meta: dict) -> torch.Tensor:
 class CaptionHead(nn.Module):
     """Scores projected summary tokens (B, C, H) against the LLM's embeddings of each slot's words.
 
-    A slot's logits are minus the squared distances to its words' embeddings over a temperature (in units
-    of the words' mean squared norm). `caption_loss` adds the distance to the right word, so a token lands
-    on that embedding (the LLM reads it as the word) and does not merely point away from the others.
+    A slot's logits are minus the squared distances to its words' embeddings over CAPTION_TEMPERATURE.
+    `caption_loss` adds the distance to the right word, so a token lands on that embedding (the LLM reads
+    it as the word) and does not merely point away from the others.
     No parameters: the projector learns."""
 
-    def __init__(self, word_embeddings: dict[str, torch.Tensor], temperature: float = 0.1):
+    def __init__(self, word_embeddings: dict[str, torch.Tensor]):
         super().__init__()
         words = sorted({w for slot in CAPTION for w in slot.classes})
         table = torch.stack([word_embeddings[w].detach().float() for w in words])  # (W, H)
         self.register_buffer("table", table, persistent=False)
-        self.scale = float(table.pow(2).sum(-1).mean()) * temperature
+        self.scale = float(table.pow(2).sum(-1).mean()) * CAPTION_TEMPERATURE
         self.slot_words = [torch.tensor([words.index(w) for w in slot.classes]) for slot in CAPTION]
 
     def forward(self, projected: torch.Tensor) -> list[torch.Tensor]:
@@ -183,7 +185,7 @@ def caption_loss(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     losses = []
     for c, lg in enumerate(logits):
         right = lg.gather(1, y[:, c:c + 1]).squeeze(1)  # minus the distance over the temperature
-        losses.append(F.cross_entropy(lg, y[:, c]) - 0.1 * right.mean())  # at temperature 0.1: the plain distance
+        losses.append(F.cross_entropy(lg, y[:, c]) - CAPTION_TEMPERATURE * right.mean())  # the plain distance
     return torch.stack(losses).mean()
 
 
