@@ -141,3 +141,37 @@ def test_committed_adapter_answers_a_fresh_split(tmp_path):
     assert result["questions"] >= 200
     assert result["overall"]["accuracy"] >= 0.90, format_table(result)
 
+
+
+# general questions outside anything trained on (vqa.train.chat holds the trained ones), each with a word
+# the base SmolLM2 puts in its reply
+PLAIN_QUESTIONS = [
+    ("What is the capital of France?", "paris"),
+    ("How many legs does a spider have?", "eight"),
+    ("What is 2 plus 2?", "4"),
+    ("What is the boiling point of water in Celsius?", "100"),
+    ("How many hours are in a day?", "24"),
+    ("What is the opposite of hot?", "cold"),
+    ("What language is spoken in Brazil?", "portuguese"),
+    ("What colour is the sky on a clear day?", "blue"),
+]
+
+
+@pytest.mark.slow
+def test_committed_adapter_keeps_the_llms_language(tmp_path):
+    """Questions unrelated to the clip, asked about a clip, get the base LLM's sensible sentences, not one
+    benchmark word ("What is the capital of France?" -> "France" is what a LoRA trained on answers alone says)."""
+    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
+        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
+    from vqa.api import VideoQA
+    from vqa.synth.generate import generate
+    from vqa.train.chat import chat_prompts
+
+    assert not {q for q, _ in PLAIN_QUESTIONS} & set(chat_prompts())
+    generate(tmp_path, 1, seed=7, progress=False)
+    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
+    clip = next((tmp_path / "clips").glob("*.mp4"))
+    replies = {q: qa.ask(clip, q, max_new_tokens=48) for q, _ in PLAIN_QUESTIONS}
+    wrong = {q: r for (q, word), r in zip(PLAIN_QUESTIONS, replies.values()) if word not in r.lower()}
+    assert not wrong, wrong
+    assert all(len(r.split()) >= 3 for r in replies.values()), replies

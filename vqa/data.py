@@ -213,7 +213,7 @@ def _decode(job: tuple[str, dict, int]) -> tuple[np.ndarray, np.ndarray]:
 class Sample:
     """One conversation about one clip (several questions when turns are packed)."""
 
-    row: int  # the clip's row in the feature cache
+    row: int | None  # the clip's row in the feature cache; None for a conversation without a clip
     messages: list[dict]
 
 
@@ -285,8 +285,14 @@ class PromptEncoder:
         return self._memo[i]
 
     def batch(self, indices: list[int], cache: FeatureCache) -> dict[str, torch.Tensor]:
-        """Padded prompt tensors plus the clips' frames and mel."""
+        """Padded prompt tensors plus the frames and mel of the clips shown (in batch order; none
+        for a conversation without a clip, and no frames at all if no conversation shows one)."""
         pad_id = self.model.tokenizer.pad_token_id
-        batch = pad_batch([self.prompt(i) for i in indices], pad_id if pad_id is not None else 0)
-        batch["frames"], batch["mel"] = cache.inputs([self.samples[i].row for i in indices])
+        prompts = [self.prompt(i) for i in indices]
+        batch = pad_batch(prompts, pad_id if pad_id is not None else 0)
+        rows = [self.samples[i].row for i, p in zip(indices, prompts) if p.video_mask.any()]
+        if None in rows:
+            raise ValueError("a conversation shows a clip (it has the placeholder) but names no clip")
+        if rows:
+            batch["frames"], batch["mel"] = cache.inputs(rows)
         return batch

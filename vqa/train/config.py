@@ -53,6 +53,9 @@ class StageConfig:
     max_grad_norm: float = 1.0
     # align: at most this many questions of one clip in one conversation (shares the clip's tokens)
     turns: int = 1
+    # align: this share of the conversations is general chat (vqa.train.chat): prompts unrelated to any clip,
+    # answered with the base LLM's own replies, so the LoRA keeps the LLM's language
+    chat: float = 0.0
     # None: the run's precision; small encoders can be faster in fp32 on a CPU than in bf16
     precision: str | None = None
 
@@ -77,6 +80,10 @@ class StageConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             problems.append(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if not 0 <= self.chat < 1:
+            problems.append(f"chat must be in [0, 1), got {self.chat}")
+        if self.chat and self.kind != "align":
+            problems.append("only an align stage mixes in chat (a pretrain stage runs no LLM)")
         if self.precision is not None and self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS} or null, got {self.precision!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -102,6 +109,8 @@ class TrainConfig:
     # embeddings of a caption of the clip's metadata (vqa.train.pretrain.CAPTION; needs that many summary
     # tokens), weighed like dense_weight; the stage should then train the projector too
     caption_weight: float = 0.0
+    # the longest base-LLM reply to a chat prompt (stages with `chat`), in tokens; a longer one is cut short
+    chat_reply_tokens: int = 128
     # "auto": bf16 where the device runs it natively (CUDA bf16, or a CPU with AVX512-BF16/AMX), else fp32
     precision: str = "auto"
     # periodic work, in optimiser steps of the current stage
@@ -121,7 +130,7 @@ class TrainConfig:
         for name in ("dense_weight", "caption_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "val_batch_size"):
+        for name in ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "val_batch_size", "chat_reply_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.stages:

@@ -26,6 +26,7 @@ from ..config import ModelConfig
 from ..data import EpochOrder, PromptEncoder, ensure_split, load_features, qa_samples, rank_share, read_meta, read_qa
 from . import checkpoint
 from .card import write_card
+from .chat import CHAT_FILE, chat_prompts, chat_samples, load_or_make_replies
 from .config import TrainConfig, load_config
 from .plot import plot_curves
 from .precision import autocast, resolve_precision
@@ -57,8 +58,10 @@ class StageModule(nn.Module):
         self.dense_weight = dense_weight
         self.caption_weight = caption_weight
 
-    def forward(self, frames, mel, targets=None, patch_targets=None, caption_targets=None, **prompt) -> torch.Tensor:
-        with autocast(self.precision, frames.device):
+    def forward(self, frames=None, mel=None, targets=None, patch_targets=None, caption_targets=None,
+                **prompt) -> torch.Tensor:
+        # frames None: a batch of conversations without a clip (general chat)
+        with autocast(self.precision, prompt["input_ids"].device if frames is None else frames.device):
             if targets is not None:
                 out = self.heads.run(self.model.encoder, frames, mel, self.model.projector)
                 return heads_loss(out, targets, patch_targets, caption_targets, self.dense_weight, self.caption_weight)
@@ -192,6 +195,12 @@ def train(
             make_batch = lambda idx: _clip_batch(train_cache, train_labels, idx)  # noqa: E731
         else:
             samples = qa_samples(train_records, train_cache, turns=stage.turns, seed=config.seed + index)
+            if stage.chat > 0:
+                with accelerator.main_process_first():  # the main process writes the replies, the others read
+                    replies = load_or_make_replies(out / CHAT_FILE, model, chat_prompts(), config.chat_reply_tokens)
+                # chat makes up `stage.chat` of the mixed conversations
+                count = round(stage.chat / (1 - stage.chat) * len(samples))
+                samples += chat_samples(replies, count, len(train_cache), seed=config.seed + index)
             prompts = PromptEncoder(model, samples)
             n_samples = len(samples)
             make_batch = lambda idx: prompts.batch(idx, train_cache)  # noqa: E731
