@@ -119,6 +119,20 @@ def test_eval_command_prints_the_table_and_writes_json(tiny_model, split, tmp_pa
     result = json.loads(out.read_text())
     assert result["clips"] == 1 and set(result) >= {"families", "groups", "overall", "blind", "replies"}
 
+    # --card puts the table and the command into the bundle's model card, once, before its config
+    card = tmp_path / "bundle" / "README.md"
+    assert main(["eval", "--adapter", str(tmp_path / "bundle"), "--data", str(split), "--card"]) == 2
+    assert "needs a bundle folder with a model card" in capsys.readouterr().err
+    card.write_text("# bundle\n\n## Training\n\ntext\n\n## Config\n\n```json\n{}\n```\n")
+    for limit in ("2", "1"):  # run twice: the second table replaces the first
+        assert main(["eval", "--adapter", str(tmp_path / "bundle"), "--data", str(split), "--limit", limit,
+                     "--no-blind", "--card"]) == 0
+    text = card.read_text()
+    assert text.count("## Test split") == 1 and text.index("## Training") < text.index("## Test split") \
+        < text.index("## Config")
+    assert f"vqa eval --adapter {tmp_path / 'bundle'} --data {split} --limit 1 --no-blind" in text
+    assert "| **overall**" in text and "--limit 2" not in text and text.endswith("```\n")
+
 
 def test_eval_command_explains_a_missing_split(tmp_path, capsys):
     from vqa.cli import main

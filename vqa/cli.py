@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N clips only")
     p.add_argument("--no-blind", action="store_true", help="skip the blind baseline")
+    p.add_argument("--card", action="store_true",
+                   help="also write the table and this command into the adapter's model card (README.md)")
 
     p = sub.add_parser("serve", help="start the web chat")
     p.add_argument("--host", default=None)

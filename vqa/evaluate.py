@@ -19,6 +19,7 @@ import torch
 
 from .data import FeatureCache, load_features, read_qa
 from .synth.questions import CHANCE, FAMILIES, FAMILY_GROUP, GROUPS, VOCABULARY, score_reply
+from .train.card import set_section
 from .train.precision import autocast, resolve_precision
 
 MAX_NEW_TOKENS = 6
@@ -186,6 +187,10 @@ def cli(args) -> int:
     except (BundleError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    card = Path(qa.source) / "README.md"
+    if args.card and not card.is_file():  # said before the evaluation, not after it
+        print(f"error: {card} does not exist: --card needs a bundle folder with a model card", file=sys.stderr)
+        return 2
     result = evaluate(qa.model, args.data, batch_size=args.batch_size, limit=args.limit, blind=not args.no_blind)
     result["adapter"] = qa.source
     print(f"{qa.source} on {args.data}: {result['clips']} clips, {result['questions']} questions "
@@ -196,4 +201,26 @@ def cli(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")
+    if args.card:
+        set_section(card, "Test split", card_section(result, _command(args)))
+        print(f"wrote the table into {card}")
     return 0
+
+
+def card_section(result: dict, command: str) -> str:
+    """The model card's test section: what was evaluated, the table, and the command that made it."""
+    blind = " \"blind\" is the same model with the clip's tokens withheld." if "blind" in result else ""
+    return (f"`{result['data']}`: {result['clips']} clips, {result['questions']} questions, every applicable "
+            f"family of each clip.{blind}\n\n{format_table(result, result.get('blind'))}\n\n"
+            f"Replies that are exactly one answer word: {100 * result['one_word']:.1f}%.\n\n"
+            f"```\n{command}\n```")
+
+
+def _command(args) -> str:
+    """The `vqa eval` command line that reproduces a run (without --card)."""
+    parts = ["vqa eval"] + ([f"--adapter {args.adapter}"] if args.adapter else []) + [f"--data {args.data}"]
+    parts += [f"--json {args.json}"] if args.json else []
+    parts += [f"--batch-size {args.batch_size}"] if args.batch_size != 16 else []
+    parts += [f"--limit {args.limit}"] if args.limit is not None else []
+    parts += ["--no-blind"] if args.no_blind else []
+    return " ".join(parts)

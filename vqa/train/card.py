@@ -50,3 +50,21 @@ def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: di
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def set_section(path: Path, title: str, body: str) -> None:
+    """Put `## title` with `body` into a card: in place of a section of that title, else before `## Config`
+    (the generated config stays last), else at the end."""
+    lines = Path(path).read_text().splitlines()
+    head = f"## {title}"
+    new = [head, "", *body.strip("\n").splitlines(), ""]
+    if head in lines:
+        start = lines.index(head)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new
+    elif "## Config" in lines:
+        at = lines.index("## Config")
+        lines[at:at] = new
+    else:
+        lines += ["", *new]
+    Path(path).write_text("\n".join(lines).rstrip("\n") + "\n")
