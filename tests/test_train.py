@@ -174,12 +174,13 @@ def test_caption_reads_as_a_description_of_the_clip():
     assert [at[k] for k in ("white.shape", "white.motion", "white.beeps")] == ["square", "left", "zero"]
     assert [at[k] for k in ("green.shape", "green.motion", "green.beeps")] == ["none", "none", "zero"]  # absent
     assert [at[k] for k in ("beep_exists", "count_beeps", "pitch")] == ["yes", "two", "low"]
-    assert not any(k.startswith("source") for k in at)  # the LLM reads the source off the per-colour counts
+    assert [at[k] for k in ("source_color", "source_shape", "source_motion")] == ["red", "circle", "none"]
     # two circles (red, blue): "What color is the circle?" is never asked, the slot says none
     assert (at["circle.color"], at["square.color"], at["triangle.color"]) == ("none", "white", "none")
     silent = {**META, "pitch": None, "objects": [{**o, "beeps": False} for o in META["objects"]]}
     quiet = dict(zip([s.name for s in CAPTION], caption_words(silent)))
-    assert [quiet[k] for k in ("beep_exists", "count_beeps", "pitch", "red.beeps")] == ["no", "zero", "none", "zero"]
+    assert [quiet[k] for k in ("beep_exists", "count_beeps", "pitch", "source_color", "red.beeps")] == \
+        ["no", "zero", "none", "none", "zero"]
     y = caption_labels(META)
     assert [slot.classes[i] for slot, i in zip(CAPTION, y.tolist())] == words
 

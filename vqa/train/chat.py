@@ -55,11 +55,25 @@ _OPEN = ("Hello! How are you today?", "Can you help me plan a weekend trip?", "T
          "How do I stay calm before an exam?", "What are some fun things to do on a rainy day?",
          "Write one sentence describing a sunset.", "Suggest a name for a small bakery.",
          "What are the three states of matter?", "How many continents are there?")
+# questions in the benchmark's own words (how many, what colour, what shape) about the world, not the clip:
+# without them the adapted model answers "How many wheels does a bicycle have?" with a count from the clip
+_WORLD = ("How many days are in a week?", "How many wheels does a bicycle have?", "How many minutes are in an hour?",
+          "How many sides does a square have?", "How many months are in a year?", "How many legs does a dog have?",
+          "How many players are on a football team?", "How many letters are in the English alphabet?",
+          "How many colours are in a rainbow?", "How many planets are in our solar system?",
+          "How many wheels does a car have?", "How many seconds are in a minute?", "How many eyes does a person have?",
+          "How many strings does a guitar usually have?", "How many weeks are in a year?",
+          "What colour is grass?", "What colour are bananas when they are ripe?", "What colour is snow?",
+          "What colour do you get by mixing blue and yellow?", "What colour is a fire truck?",
+          "What colour are most clouds?", "What shape is a football?", "What shape is a slice of pizza?",
+          "What shape is the Earth?", "What shape is a stop sign?", "Which way does the sun move across the sky?",
+          "Does the moon make a sound?", "What sound does a cat make?", "What makes thunder loud?",
+          "Is a whale a fish?")
 
 
 def chat_prompts() -> list[str]:
-    """The general prompts, in a fixed order: templates filled from small lists (about 250)."""
-    out = list(_OPEN)
+    """The general prompts, in a fixed order: templates filled from small lists (about 240)."""
+    out = list(_OPEN) + list(_WORLD)
     out += [f"What is the capital of {c}?" for c in _COUNTRIES]
     out += [f"Explain {c} in one sentence." for c in _CONCEPTS]
     out += [f"What is {c}?" for c in _CONCEPTS]
@@ -75,13 +89,17 @@ def chat_prompts() -> list[str]:
     out += [f"Who was {p}?" for p in _PEOPLE]
     out += [f"What is {a} plus {b}?" for a, b in ((12, 7), (25, 25), (3, 9), (40, 2), (18, 5), (100, 1))]
     out += [f"What is {a} times {b}?" for a, b in ((6, 7), (3, 4), (10, 10), (9, 2), (5, 8), (11, 3))]
+    out += [f"What is {a} minus {b}?" for a, b in ((10, 3), (9, 5), (20, 8), (7, 7), (15, 6), (50, 25))]
     return out
 
 
 @torch.no_grad()
-def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens: int = REPLY_TOKENS) -> list[str]:
+def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens: int = REPLY_TOKENS,
+                 progress: bool = False) -> list[str]:
     """The base LLM's greedy reply to each prompt (no clip, the LoRA disabled), under the model's system prompt."""
     from contextlib import nullcontext
+
+    from tqdm import tqdm
 
     disable = getattr(model.llm, "disable_adapter", None)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -89,7 +107,8 @@ def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens
     was_training = model.llm.training
     model.llm.eval()
     with disable() if disable is not None else nullcontext():
-        for start in range(0, len(prompts), batch_size):
+        for start in tqdm(range(0, len(prompts), batch_size), desc="base LLM replies to chat prompts",
+                          unit="batch", disable=not progress):
             encoded = [model.encode_prompt([{"role": "user", "content": p}], blind=True)
                        for p in prompts[start:start + batch_size]]
             batch = pad_batch(encoded, pad, side="left")
@@ -105,14 +124,15 @@ def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens
     return replies
 
 
-def load_or_make_replies(path: Path, model, prompts: list[str], max_new_tokens: int = REPLY_TOKENS) -> list[dict]:
+def load_or_make_replies(path: Path, model, prompts: list[str], max_new_tokens: int = REPLY_TOKENS,
+                         progress: bool = False) -> list[dict]:
     """[{"prompt", "reply", "max_new_tokens"}]: read from `path` (if made from the same prompts and
     limit), or generated and written there (atomically) first."""
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if [(r["prompt"], r["max_new_tokens"]) for r in rows] == [(p, max_new_tokens) for p in prompts]:
             return rows
-    replies = base_replies(model, prompts, max_new_tokens=max_new_tokens)
+    replies = base_replies(model, prompts, max_new_tokens=max_new_tokens, progress=progress)
     rows = [{"prompt": p, "reply": r, "max_new_tokens": max_new_tokens} for p, r in zip(prompts, replies)]
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -197,7 +197,8 @@ def train(
             samples = qa_samples(train_records, train_cache, turns=stage.turns, seed=config.seed + index)
             if stage.chat > 0:
                 with accelerator.main_process_first():  # the main process writes the replies, the others read
-                    replies = load_or_make_replies(out / CHAT_FILE, model, chat_prompts(), config.chat_reply_tokens)
+                    replies = load_or_make_replies(out / CHAT_FILE, model, chat_prompts(), config.chat_reply_tokens,
+                                                   progress=main and config.progress)
                 # chat makes up `stage.chat` of the mixed conversations
                 count = round(stage.chat / (1 - stage.chat) * len(samples))
                 samples += chat_samples(replies, count, len(train_cache), seed=config.seed + index)

@@ -107,11 +107,8 @@ def labels(meta: dict) -> torch.Tensor:
 # ---- the caption: summary tokens projected into the LLM's input space, one word each ----
 # The first summary tokens, through the projector, are taught to land on the LLM's own embedding of a word,
 # in a fixed order that reads like a terse description: "three red circle left two green none none zero
-# ... yes two high circle red square none triangle blue". Answering a question is then reading words, which
-# the LLM already does; the words' slots are its answers for every object at once. The caption states facts
-# per object and leaves "which object beeps" for the LLM to read off the per-colour beep counts: slots
-# naming the source directly learned far slower than the per-colour counts (78-87 % against 100 % after
-# 1,200 steps, with every count right where the source slot was wrong), and the LLM read the weaker slot.
+# ... yes two high red circle left circle red square none triangle blue". Answering a question is then
+# reading words, which the LLM already does; the words' slots are its answers for every object at once.
 NONE = "none"
 # caption logits are minus squared distances over this (in units of the words' mean squared norm)
 CAPTION_TEMPERATURE = 0.1
@@ -127,6 +124,9 @@ def caption_slots() -> list[Target]:
         Target("beep_exists", PRESENT),
         Target("count_beeps", COUNT_ANSWERS),
         Target("pitch", ("high", "low", NONE)),
+        Target("source_color", tuple(COLORS) + (NONE,)),
+        Target("source_shape", SHAPES + (NONE,)),
+        Target("source_motion", DIRECTION_ANSWERS),
     ]
     for s in SHAPES:
         out += [Target(s, (s,)), Target(f"{s}.color", tuple(COLORS) + (NONE,))]
@@ -146,7 +146,7 @@ def caption_words(meta: dict) -> list[str]:
         if len(slot.classes) == 1:
             words.append(slot.classes[0])
         else:
-            words.append(values.get(slot.name) or _ABSENT[slot.name.rsplit(".", 1)[-1]])
+            words.append(values.get(slot.name) or _ABSENT[slot.name.rsplit(".", 1)[-1].replace("source_", "")])
     return words
 
 
