@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data import Sample
-from ..prompt import pad_batch, with_video
+from ..prompt import with_video
 
 CHAT_FILE = "chat.jsonl"
 REPLY_TOKENS = 128  # the default limit; a longer reply is kept cut short (the system prompt asks for brevity)
@@ -102,7 +102,6 @@ def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens
     from tqdm import tqdm
 
     disable = getattr(model.llm, "disable_adapter", None)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     replies = []
     was_training = model.llm.training
     model.llm.eval()
@@ -111,15 +110,7 @@ def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens
                           unit="batch", disable=not progress):
             encoded = [model.encode_prompt([{"role": "user", "content": p}], blind=True)
                        for p in prompts[start:start + batch_size]]
-            batch = pad_batch(encoded, pad, side="left")
-            out = model.llm.generate(
-                input_ids=batch["input_ids"].to(model.device),
-                attention_mask=batch["attention_mask"].to(model.device),
-                max_new_tokens=max_new_tokens, eos_token_id=model.stop_ids, pad_token_id=pad,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
-            )
-            new = out[:, batch["input_ids"].shape[1]:]
-            replies += [r.strip() for r in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            replies += [r.strip() for r in model.generate_batch(None, encoded, max_new_tokens=max_new_tokens)]
     model.llm.train(was_training)
     return replies
 
