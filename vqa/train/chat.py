@@ -24,7 +24,6 @@ from ..data import Sample
 from ..prompt import with_video
 
 CHAT_FILE = "chat.jsonl"
-REPLY_TOKENS = 128  # the default limit; a longer reply is kept cut short (the system prompt asks for brevity)
 
 _COUNTRIES = ("Japan", "Italy", "Canada", "Egypt", "Brazil", "Germany", "Spain", "Kenya", "Norway", "India",
               "Mexico", "Greece", "Australia", "Portugal", "Sweden", "Peru", "Ireland", "Poland")
@@ -94,7 +93,7 @@ def chat_prompts() -> list[str]:
 
 
 @torch.no_grad()
-def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens: int = REPLY_TOKENS,
+def base_replies(model, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
                  progress: bool = False) -> list[str]:
     """The base LLM's greedy reply to each prompt (no clip, the LoRA disabled), under the model's system prompt."""
     from contextlib import nullcontext
@@ -115,10 +114,10 @@ def base_replies(model, prompts: list[str], batch_size: int = 16, max_new_tokens
     return replies
 
 
-def load_or_make_replies(path: Path, model, prompts: list[str], max_new_tokens: int = REPLY_TOKENS,
+def load_or_make_replies(path: Path, model, prompts: list[str], max_new_tokens: int,
                          progress: bool = False) -> list[dict]:
     """[{"prompt", "reply", "max_new_tokens"}]: read from `path` (if made from the same prompts and
-    limit), or generated and written there (atomically) first."""
+    limit, `train.chat_reply_tokens`), or generated and written there (atomically) first."""
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if [(r["prompt"], r["max_new_tokens"]) for r in rows] == [(p, max_new_tokens) for p in prompts]:
