@@ -133,3 +133,24 @@ def test_cache_file_records_its_clips(split, config):
     path = split / f"features-{data.cache_key(config.media, config.encoder.audio_frames)}.safetensors"
     with safe_open(str(path), framework="pt") as f:
         assert json.loads(f.metadata()["videos"]) == cache.videos
+
+
+def test_describe_samples_show_each_clip_with_its_description(split, config):
+    from vqa.synth.describe import DESCRIBE_QUESTIONS, describe
+
+    cache = load_features(split, config, workers=1, progress=False)
+    meta = data.read_meta(split)
+    samples = data.describe_samples(meta, cache, count=10, seed=3)
+    assert len(samples) == 10
+    by_row = {cache.row(v): v for v in cache.videos}
+    first_pass = [s.row for s in samples[:len(cache.videos)]]
+    assert sorted(first_pass) == sorted(by_row)  # every clip once before any twice
+    for s in samples:
+        question, answer = s.messages
+        assert question["content"].startswith("<video>\n")
+        assert question["content"].removeprefix("<video>\n") in DESCRIBE_QUESTIONS
+        assert answer == {"role": "assistant", "content": describe(meta[by_row[s.row]])}
+    assert len({s.messages[0]["content"] for s in samples}) > 1
+    assert samples == data.describe_samples(meta, cache, count=10, seed=3)
+    with pytest.raises(ValueError, match="no clip of the feature cache has metadata"):
+        data.describe_samples({}, cache, count=1)

@@ -15,7 +15,7 @@ from vqa.cli import main as vqa_main
 from vqa.synth import scene as S
 from vqa.synth.generate import generate
 from vqa.synth.questions import (
-    CHANCE, FAMILIES, FAMILY_GROUP, VOCABULARY, answer_distribution, balance_problems, build_qa, questions_for,
+    CHANCE, FAMILIES, FAMILY_GROUP, NUMBER_WORDS, VOCABULARY, answer_distribution, balance_problems, build_qa, questions_for,
     score_reply,
 )
 from vqa.synth.render import render_audio, render_frames
@@ -526,3 +526,29 @@ def test_cli_writes_a_split(tmp_path, capsys):
 def test_generate_rejects_bad_arguments(tmp_path, clips, seed, workers, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         generate(tmp_path, clips, seed, workers=workers, progress=False)
+
+
+# ---- descriptions
+
+
+def test_description_states_every_fact_the_caption_holds(planned):
+    from vqa.synth.describe import describe, facts
+
+    texts = [describe(m) for m in planned]
+    assert len(set(texts)) > len(planned) // 2  # clips differ, so do their descriptions
+    order = list(S.COLORS)
+    for meta, text in zip(planned, texts):
+        objects = sorted(meta["objects"], key=lambda o: order.index(o["color"]))  # the caption's order
+        n = len(objects)
+        assert text.startswith("There is one object: " if n == 1 else f"There are {NUMBER_WORDS[n]} objects: ")
+        source = S.sounding_object(meta)
+        times = {1: "once", 2: "twice", 3: "three times"}
+        assert facts(text) == {
+            "count": NUMBER_WORDS[n],
+            "objects": [(o["color"], o["shape"], "staying still" if o["motion"] == "still" else f"moving {o['motion']}")
+                        for o in objects],
+            "sound": "none" if source is None else
+            (source["color"], source["shape"], times[len(source["pulses"])], meta["pitch"]),
+        }, text
+        assert text.endswith(" Nothing beeps.") == (source is None)
+    assert facts("I see a dog.") == {"count": None, "objects": [], "sound": None}

@@ -41,6 +41,9 @@ def test_every_shipped_config_parses(path):
     (dict(kind="distill"), "kind must be one of"),
     (dict(steps=10, warmup_steps=11), "warmup_steps"),
     (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(describe=1.0), r"describe must be in \[0, 1\)"),
+    (dict(kind="pretrain", train=["encoder"], describe=0.1), "only an align stage mixes in describe"),
+    (dict(chat=0.6, describe=0.4), "chat \\+ describe must leave room"),
 ])
 def test_bad_stage_is_refused_with_the_reason(stage, message):
     with pytest.raises(ValueError, match=message):
@@ -426,3 +429,33 @@ def test_precise_batch_norm_uses_the_exact_statistics():
     # the mean over all five clips (equal batches: the cumulative average of their means is that mean)
     torch.testing.assert_close(first.running_mean, conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert first.momentum == 0.1 and not encoder.training  # left as it was
+
+
+def test_slots_a_pointer_replaces_are_also_taught_as_their_own_queries_made_them():
+    from vqa.caption import source_pointer
+    from vqa.config import EncoderConfig, MediaConfig
+    from vqa.encoder import AVEncoder
+
+    torch.manual_seed(0)
+    media = MediaConfig(num_frames=4, size=32, n_mels=16)
+    enc = EncoderConfig(width=32, heads=4, mlp_ratio=2.0, patch_size=8, video_depth=1, audio_depth=1, audio_patch=8,
+                        audio_stride=4, audio_frames=36, fusion_layer=1, num_bottlenecks=2, time_steps=4,
+                        summary_tokens=len(CAPTION), summary_depth=1, source_pointer=True)
+    encoder = AVEncoder(media, enc)
+    vocab = sorted({w for slot in CAPTION for w in slot.classes})
+    head = CaptionHead({w: torch.randn(24) for w in vocab})
+    projector = torch.nn.Linear(32, 24)
+    outs = source_pointer().outs
+    heads = Heads(32, enc.num_tokens, caption=head, caption_start=enc.num_tokens - enc.summary_tokens, own_slots=outs)
+    frames, mel = torch.randn(2, 4, 3, 32, 32), torch.randn(2, 16, 36)
+    out = heads.run(encoder, frames, mel, projector)
+    assert len(out["caption"]) == len(CAPTION) and len(out["caption_own"]) == len(outs)
+    # each own token is scored against its own slot's words: a colour, a shape, a direction
+    assert [lg.shape[1] for lg in out["caption_own"]] == [len(CAPTION[s].classes) for s in outs]
+    y, caption_y = torch.stack([labels(META)] * 2), torch.stack([caption_labels(META)] * 2)
+    both = heads_loss(out, y, caption_targets=caption_y, own_slots=outs)
+    alone = heads_loss({k: v for k, v in out.items() if k != "caption_own"}, y, caption_targets=caption_y)
+    assert both > alone
+    with pytest.raises(ValueError, match="pointer slots"):
+        Heads(32, enc.num_tokens, caption=head, caption_start=enc.num_tokens - enc.summary_tokens,
+              own_slots=(1, 2)).run(encoder, frames, mel, projector)

@@ -88,6 +88,9 @@ class EncoderConfig:
     # (0: none); each holds what a question about the whole clip needs, where the LLM reads it in one step
     summary_tokens: int = 0
     summary_depth: int = 2
+    # the caption's slots naming the beeping object copy the slots of the colour whose beep count is not
+    # zero (vqa.caption.source_pointer; needs a summary token per caption slot)
+    source_pointer: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,6 +114,12 @@ class EncoderConfig:
         if self.summary_tokens < 0 or self.summary_depth < 1:
             problems.append(f"summary_tokens must be >= 0 and summary_depth >= 1, "
                             f"got {self.summary_tokens} and {self.summary_depth}")
+        if self.source_pointer:
+            from .caption import CAPTION  # here: vqa.caption imports this module
+
+            if self.summary_tokens < len(CAPTION):
+                problems.append(f"source_pointer needs summary_tokens >= {len(CAPTION)} (one per caption slot), "
+                                f"got {self.summary_tokens}")
         root = int(round(self.video_tokens_per_step ** 0.5))
         if root * root != self.video_tokens_per_step:
             problems.append(f"video_tokens_per_step must be a square number, got {self.video_tokens_per_step}")

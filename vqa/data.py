@@ -241,6 +241,26 @@ def qa_samples(records: list[dict], cache: FeatureCache, turns: int = 1, seed: i
     return samples
 
 
+def describe_samples(meta: dict[str, dict], cache: FeatureCache, count: int, seed: int = 0) -> list[Sample]:
+    """`count` one-question conversations asking for the whole clip (vqa.synth.describe), answered with
+    the description of its metadata; clips in a seeded order, pass after pass, phrasings drawn at random."""
+    from .prompt import with_video
+    from .synth.describe import DESCRIBE_QUESTIONS, describe
+
+    videos = [v for v in cache.videos if v in meta]
+    if not videos:
+        raise ValueError("no clip of the feature cache has metadata: cannot teach descriptions")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(videos))
+    out = []
+    for k in range(count):
+        video = videos[order[k % len(videos)]]
+        question = with_video(DESCRIBE_QUESTIONS[int(rng.integers(len(DESCRIBE_QUESTIONS)))])
+        out.append(Sample(cache.row(video), [{"role": "user", "content": question},
+                                             {"role": "assistant", "content": describe(meta[video])}]))
+    return out
+
+
 class EpochOrder:
     """Sample order as a pure function of (seed, position): epoch e is a seeded permutation, epochs follow
     each other, so a run resumes exactly from its position alone and any process can compute its share."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import EncoderConfig, MediaConfig, ModelConfig
 from .audio import AudioBranch, audio_grid, audio_problems
+from ..caption import source_pointer
 from .summary import SummaryTokens
 from .video import VideoBranch, video_problems
 
@@ -141,7 +142,8 @@ class AVEncoder(nn.Module):
             self.video.grid if self.video is not None else None,
             self.audio.grid if self.audio is not None else None,
         )
-        self.summary = (SummaryTokens(enc, media.num_frames, self.audio.grid if self.audio is not None else None)
+        self.summary = (SummaryTokens(enc, media.num_frames, self.audio.grid if self.audio is not None else None,
+                                      source_pointer() if enc.source_pointer else None)
                         if enc.summary_tokens else None)
 
     @classmethod
@@ -186,12 +188,16 @@ class AVEncoder(nn.Module):
             )
         return xv, xa
 
-    def forward_head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_head(self, features: dict[str, torch.Tensor], own: bool = False):
+        """(B, L, D) output tokens; with `own`, also the summary slots a pointer replaced, as their own
+        queries made them (B, S, D; S = 0 without a pointer), for training."""
         tokens = self.head(features)
+        own_tokens = tokens[:, :0]
         if self.summary is not None:
-            tokens = torch.cat([tokens, self.summary(features)], dim=1)  # (B, L, D), summaries last
+            summary, own_tokens = self.summary(features, own=True)
+            tokens = torch.cat([tokens, summary], dim=1)  # (B, L, D), summaries last
         assert tokens.shape[1] == self.num_tokens, (tokens.shape, self.num_tokens)
-        return tokens
+        return (tokens, own_tokens) if own else tokens
 
     def forward(self, frames: torch.Tensor | None, mel: torch.Tensor | None) -> torch.Tensor:
         return self.forward_head(self.forward_features(frames, mel))

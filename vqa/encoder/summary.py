@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..caption import PointerLayout
 from ..config import EncoderConfig
 from .layers import MLP, Attention, init_weights
 
@@ -56,6 +57,41 @@ class SummaryBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class SlotPointer(nn.Module):
+    """Output slots that become a copy of one candidate's slots (a layout from vqa.caption).
+
+    Each candidate is scored by one linear map of its key token, "none" by another of the none-key token;
+    the softmax over those scores weighs the candidates' value tokens (and, for none, the output slot's own
+    token). All output slots share the one choice, so they describe the same candidate.
+
+    The pointer reads the tokens detached: it learns only its two scores and leaves the encoder to learn
+    as it would without it. Teaching the output slots their words through the copies instead (the slots'
+    own queries then got no gradient of their own) left every colour's beep count at 91-94 % after 1,000
+    steps, where the slots' own queries, learning which object beeps, lift them to 97-100 %."""
+
+    def __init__(self, dim: int, layout: PointerLayout):
+        super().__init__()
+        self.layout = layout
+        self.score = nn.Linear(dim, 1)
+        self.score_none = nn.Linear(dim, 1)
+        values = [list(v) + [o] for v, o in zip(layout.values, layout.outs)]  # none: the slot itself
+        self.register_buffer("keys", torch.tensor(layout.keys), persistent=False)
+        self.register_buffer("outs", torch.tensor(layout.outs), persistent=False)
+        self.register_buffer("values", torch.tensor(values), persistent=False)  # (S, K+1)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) -> (B, K+1): each candidate's weight, "none" last."""
+        scores = torch.cat([self.score(x[:, self.keys]).squeeze(-1),
+                            self.score_none(x[:, self.layout.none_key])], dim=-1)
+        return scores.float().softmax(-1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fixed = x.detach()
+        w = self.weights(fixed)
+        copied = (w[:, None, :, None] * fixed[:, self.values]).sum(2)  # (B, S, D)
+        return x.index_copy(1, self.outs, copied)
+
+
 class SummaryTokens(nn.Module):
     """Branch features -> (B, Q, D).
 
@@ -67,7 +103,8 @@ class SummaryTokens(nn.Module):
     attend to the whole memory: every video patch (with a learned embedding of its frame), every audio
     token and the bottlenecks."""
 
-    def __init__(self, enc: EncoderConfig, num_frames: int, audio_grid: tuple[int, int] | None = None):
+    def __init__(self, enc: EncoderConfig, num_frames: int, audio_grid: tuple[int, int] | None = None,
+                 pointer: PointerLayout | None = None):
         super().__init__()
         D = enc.width
         self.audio_grid = audio_grid  # (Fm, Ft) of the audio patches, where there is an audio branch
@@ -78,6 +115,7 @@ class SummaryTokens(nn.Module):
         self.over_time = nn.Linear(num_frames * D, D) if enc.uses_video else None
         self.blocks = nn.ModuleList([SummaryBlock(enc) for _ in range(enc.summary_depth)])
         self.norm = nn.LayerNorm(D, eps=enc.layer_norm_eps)
+        self.pointer = SlotPointer(D, pointer) if pointer is not None else None
         self.apply(init_weights)
         for p in (self.queries, self.frame_embed, self.type_embed):
             nn.init.trunc_normal_(p, std=0.02)
@@ -97,7 +135,9 @@ class SummaryTokens(nn.Module):
         x = x.view(B, T, Q, D).permute(0, 2, 1, 3).flatten(2)  # (B, Q, T*D): frames in order
         return self.queries + self.over_time(x)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor], own: bool = False):
+        """(B, Q, D); with `own`, also the pointer's output slots as their own queries made them (B, S, D),
+        which training teaches the same words (vqa.train.pretrain.Heads)."""
         B = next(iter(features.values())).shape[0]
         x = self.frames_then_time(features) if "video" in features else self.queries.expand(B, -1, -1)
         memory = []
@@ -111,4 +151,8 @@ class SummaryTokens(nn.Module):
         memory = torch.cat(memory, dim=1)  # (B, K, D)
         for block in self.blocks:
             x = block(x, memory)
-        return self.norm(x)
+        x = self.norm(x)
+        if self.pointer is None:
+            return (x, x[:, :0]) if own else x
+        out = self.pointer(x)
+        return (out, x[:, self.pointer.outs]) if own else out

@@ -56,6 +56,9 @@ class StageConfig:
     # align: this share of the conversations is general chat (vqa.train.chat): prompts unrelated to any clip,
     # answered with the base LLM's own replies, so the LoRA keeps the LLM's language
     chat: float = 0.0
+    # align: this share of the conversations asks for the whole clip ("Describe this clip.") and is answered
+    # with a description of its AVSynth metadata (vqa.synth.describe)
+    describe: float = 0.0
     # None: the run's precision; small encoders can be faster in fp32 on a CPU than in bf16
     precision: str | None = None
 
@@ -80,10 +83,14 @@ class StageConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             problems.append(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
-        if not 0 <= self.chat < 1:
-            problems.append(f"chat must be in [0, 1), got {self.chat}")
-        if self.chat and self.kind != "align":
-            problems.append("only an align stage mixes in chat (a pretrain stage runs no LLM)")
+        for name in ("chat", "describe"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+            if getattr(self, name) and self.kind != "align":
+                problems.append(f"only an align stage mixes in {name} (a pretrain stage runs no LLM)")
+        if self.chat + self.describe >= 1:
+            problems.append(f"chat + describe must leave room for the benchmark questions, got "
+                            f"{self.chat} + {self.describe}")
         if self.precision is not None and self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS} or null, got {self.precision!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -106,7 +113,7 @@ class TrainConfig:
     # against the clip targets' mean (at 1.0 they drown the clip targets: the audio ones stay at chance)
     dense_weight: float = 0.0
     # > 0: pretrain stages also teach the first summary tokens, through the projector, to land on the LLM's
-    # embeddings of a caption of the clip's metadata (vqa.train.pretrain.CAPTION; needs that many summary
+    # embeddings of a caption of the clip's metadata (vqa.caption.CAPTION; needs that many summary
     # tokens), weighed like dense_weight; the stage should then train the projector too
     caption_weight: float = 0.0
     # the longest base-LLM reply to a chat prompt (stages with `chat`), in tokens; a longer one is cut short

@@ -22,8 +22,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import bundle
+from ..caption import source_pointer
 from ..config import ModelConfig
-from ..data import EpochOrder, PromptEncoder, ensure_split, load_features, qa_samples, rank_share, read_meta, read_qa
+from ..data import (
+    EpochOrder, PromptEncoder, describe_samples, ensure_split, load_features, qa_samples, rank_share, read_meta, read_qa,
+)
 from . import checkpoint
 from .card import write_card
 from .chat import CHAT_FILE, chat_prompts, chat_samples, load_or_make_replies
@@ -64,7 +67,8 @@ class StageModule(nn.Module):
         with autocast(self.precision, prompt["input_ids"].device if frames is None else frames.device):
             if targets is not None:
                 out = self.heads.run(self.model.encoder, frames, mel, self.model.projector)
-                return heads_loss(out, targets, patch_targets, caption_targets, self.dense_weight, self.caption_weight)
+                return heads_loss(out, targets, patch_targets, caption_targets, self.dense_weight, self.caption_weight,
+                                  self.heads.own_slots)
             return self.model(frames=frames, mel=mel, **prompt)
 
 
@@ -138,7 +142,8 @@ def train(
     if "pretrain" in kinds:
         head = CaptionHead(word_embeddings(model.llm, tokenizer)) if caption else None
         heads = Heads(enc.width, enc.num_tokens, dense=dense, caption=head,
-                      caption_start=enc.num_tokens - enc.summary_tokens)
+                      caption_start=enc.num_tokens - enc.summary_tokens,
+                      own_slots=source_pointer().outs if caption and enc.source_pointer else ())
     parts = parts_of(model, heads)
     named = {name: p for pairs in parts.values() for name, p in pairs}
     # what a checkpoint holds: the parameters, and the buffers training changes (batch-norm statistics)
@@ -195,13 +200,16 @@ def train(
             make_batch = lambda idx: _clip_batch(train_cache, train_labels, idx)  # noqa: E731
         else:
             samples = qa_samples(train_records, train_cache, turns=stage.turns, seed=config.seed + index)
+            # chat and descriptions make up `stage.chat` and `stage.describe` of the mixed conversations
+            total = len(samples) / (1 - stage.chat - stage.describe)
+            if stage.describe > 0:
+                samples += describe_samples(read_meta(d.train), train_cache, round(stage.describe * total),
+                                            seed=config.seed + index)
             if stage.chat > 0:
                 with accelerator.main_process_first():  # the main process writes the replies, the others read
                     replies = load_or_make_replies(out / CHAT_FILE, model, chat_prompts(), config.chat_reply_tokens,
                                                    progress=main and config.progress)
-                # chat makes up `stage.chat` of the mixed conversations
-                count = round(stage.chat / (1 - stage.chat) * len(samples))
-                samples += chat_samples(replies, count, len(train_cache), seed=config.seed + index)
+                samples += chat_samples(replies, round(stage.chat * total), len(train_cache), seed=config.seed + index)
             prompts = PromptEncoder(model, samples)
             n_samples = len(samples)
             make_batch = lambda idx: prompts.batch(idx, train_cache)  # noqa: E731
@@ -436,6 +444,10 @@ def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, preci
         cap = caption_accuracy(joined["caption"], clip_labels["caption_targets"][:n])
         result["caption_accuracy"] = sum(cap.values()) / len(cap)
         result["caption"] = {k: round(v, 4) for k, v in cap.items()}
+    if "caption_own" in joined:  # the replaced slots as their own queries made them
+        y = clip_labels["caption_targets"][:n, list(heads.own_slots)]
+        result["caption_own"] = {CAPTION[s].name: round((lg.argmax(-1) == y[:, i]).float().mean().item(), 4)
+                                 for i, (s, lg) in enumerate(zip(heads.own_slots, joined["caption_own"]))}
     return result
 
 

@@ -9,26 +9,20 @@ Notation: B batch, K encoder tokens, D encoder width, Q targets.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..caption import CAPTION, NONE, PRESENT, Target
 from ..synth.questions import COUNT_ANSWERS, DIRECTION_ANSWERS, NUMBER_WORDS, motion_word
 from ..synth.scene import COLORS, PULSE_SCALE, SHAPES, SIZE, sounding_object
 from ..synth.scene import SIZES as SIZE_PX
 
 IGNORE = -100
-PRESENT = ("no", "yes")
 SIZES = ("small", "large")
 QUARTERS = ("0", "1", "2", "3")
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    classes: tuple[str, ...]
 
 
 def targets() -> list[Target]:
@@ -104,36 +98,9 @@ def labels(meta: dict) -> torch.Tensor:
     return out
 
 
-# ---- the caption: summary tokens projected into the LLM's input space, one word each ----
-# The first summary tokens, through the projector, are taught to land on the LLM's own embedding of a word,
-# in a fixed order that reads like a terse description: "three red circle left two green none none zero
-# ... yes two high red circle left circle red square none triangle blue". Answering a question is then
-# reading words, which the LLM already does; the words' slots are its answers for every object at once.
-NONE = "none"
+# ---- the caption (vqa.caption): summary tokens projected into the LLM's input space, one word each ----
 # caption logits are minus squared distances over this (in units of the words' mean squared norm)
 CAPTION_TEMPERATURE = 0.1
-
-
-def caption_slots() -> list[Target]:
-    """The caption's slots in order; a slot with one word is a constant (a label such as "red")."""
-    out = [Target("count_objects", ("one", "two", "three"))]
-    for c in COLORS:
-        out += [Target(c, (c,)), Target(f"{c}.shape", SHAPES + (NONE,)),
-                Target(f"{c}.motion", DIRECTION_ANSWERS), Target(f"{c}.beeps", COUNT_ANSWERS)]
-    out += [
-        Target("beep_exists", PRESENT),
-        Target("count_beeps", COUNT_ANSWERS),
-        Target("pitch", ("high", "low", NONE)),
-        Target("source_color", tuple(COLORS) + (NONE,)),
-        Target("source_shape", SHAPES + (NONE,)),
-        Target("source_motion", DIRECTION_ANSWERS),
-    ]
-    for s in SHAPES:
-        out += [Target(s, (s,)), Target(f"{s}.color", tuple(COLORS) + (NONE,))]
-    return out
-
-
-CAPTION = caption_slots()
 # what a slot holds where its target does not apply: an absent colour, no beep, a shape seen twice
 _ABSENT = {"shape": NONE, "motion": NONE, "beeps": "zero", "color": NONE, "pitch": NONE}
 
@@ -171,10 +138,10 @@ class CaptionHead(nn.Module):
         self.scale = float(table.pow(2).sum(-1).mean()) * CAPTION_TEMPERATURE
         self.slot_words = [torch.tensor([words.index(w) for w in slot.classes]) for slot in CAPTION]
 
-    def forward(self, projected: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H) -> per slot (B, words) logits."""
+    def forward(self, projected: torch.Tensor, slots: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """(B, C, H) -> per slot (B, words) logits; `slots`: which caption slot each token is (default all)."""
         out = []
-        for c, ids in enumerate(self.slot_words):
+        for c, ids in zip(range(projected.shape[1]), [self.slot_words[i] for i in slots] if slots else self.slot_words):
             e = self.table[ids.to(self.table.device)]  # (n, H)
             out.append(-(projected[:, c, None].float() - e).pow(2).sum(-1) / self.scale)
         return out
@@ -269,12 +236,16 @@ class Heads(nn.Module):
     the tokens by attention first stayed at chance on both for hundreds of steps."""
 
     def __init__(self, width: int, num_tokens: int, hidden: int = 512, targets: list[Target] = TARGETS,
-                 dense: bool = False, caption: CaptionHead | None = None, caption_start: int = 0):
+                 dense: bool = False, caption: CaptionHead | None = None, caption_start: int = 0,
+                 own_slots: Sequence[int] = ()):
         super().__init__()
         self.targets = targets
         self.dense = DenseHeads(width) if dense else None
         self.caption = caption
         self.caption_start = caption_start  # index of the first summary token
+        # caption slots an encoder's pointer replaces (vqa.caption.source_pointer): their own queries' tokens
+        # are taught the same words ("caption_own"), so the encoder learns which object beeps
+        self.own_slots = tuple(own_slots)
         self.sizes = [len(t.classes) for t in targets]
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(num_tokens * width, hidden), nn.GELU(), nn.Linear(hidden, sum(self.sizes)))
@@ -288,19 +259,24 @@ class Heads(nn.Module):
             projector: nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
         """The encoder, then every head: {"clip": logits, and "dense", "caption" where built}."""
         features = encoder.forward_features(frames, mel)
-        tokens = encoder.forward_head(features)
+        tokens, own = encoder.forward_head(features, own=True)
         out = {"clip": self(tokens)}
         if self.dense is not None:  # the loop builds it only for a model with a video branch
             out["dense"] = self.dense(features["video"])
         if self.caption is not None:
             start = self.caption_start
             out["caption"] = self.caption(projector(tokens[:, start:start + len(CAPTION)]))
+            if self.own_slots:
+                if own.shape[1] != len(self.own_slots):
+                    raise ValueError(f"the heads expect {len(self.own_slots)} pointer slots, the encoder has "
+                                     f"{own.shape[1]}")
+                out["caption_own"] = self.caption(projector(own), slots=self.own_slots)
         return out
 
 
 def heads_loss(out: dict[str, list[torch.Tensor]], targets: torch.Tensor, patch_targets: torch.Tensor | None = None,
                caption_targets: torch.Tensor | None = None, dense_weight: float = 1.0,
-               caption_weight: float = 1.0) -> torch.Tensor:
+               caption_weight: float = 1.0, own_slots: Sequence[int] = ()) -> torch.Tensor:
     """Mean over targets of each target's cross-entropy on the clips where it applies (targets: (B, Q)),
     plus `dense_weight` times the sum of the dense targets' mean cross-entropy over the patches where they
     apply (patch_targets: (B, T, N, 3)), plus `caption_weight` times the caption loss (caption_targets: (B, C))."""
@@ -316,6 +292,8 @@ def heads_loss(out: dict[str, list[torch.Tensor]], targets: torch.Tensor, patch_
         loss = loss + dense_weight * sum(dense_losses)
     if "caption" in out and caption_targets is not None:
         loss = loss + caption_weight * caption_loss(out["caption"], caption_targets)
+        if "caption_own" in out:  # the slots a pointer replaced, as their own queries made them
+            loss = loss + caption_weight * caption_loss(out["caption_own"], caption_targets[:, list(own_slots)])
     return loss
 
 
