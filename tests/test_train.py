@@ -431,31 +431,42 @@ def test_precise_batch_norm_uses_the_exact_statistics():
     assert first.momentum == 0.1 and not encoder.training  # left as it was
 
 
-def test_slots_a_pointer_replaces_are_also_taught_as_their_own_queries_made_them():
+def test_heads_read_the_slots_own_tokens_and_score_the_pointers_copies_apart():
     from vqa.caption import source_pointer
     from vqa.config import EncoderConfig, MediaConfig
     from vqa.encoder import AVEncoder
 
-    torch.manual_seed(0)
     media = MediaConfig(num_frames=4, size=32, n_mels=16)
-    enc = EncoderConfig(width=32, heads=4, mlp_ratio=2.0, patch_size=8, video_depth=1, audio_depth=1, audio_patch=8,
-                        audio_stride=4, audio_frames=36, fusion_layer=1, num_bottlenecks=2, time_steps=4,
-                        summary_tokens=len(CAPTION), summary_depth=1, source_pointer=True)
-    encoder = AVEncoder(media, enc)
+    enc = dict(width=32, heads=4, mlp_ratio=2.0, patch_size=8, video_depth=1, audio_depth=1, audio_patch=8,
+               audio_stride=4, audio_frames=36, fusion_layer=1, num_bottlenecks=2, time_steps=4,
+               summary_tokens=len(CAPTION), summary_depth=1)
+    torch.manual_seed(0)
+    plain = AVEncoder(media, EncoderConfig(**enc))
+    torch.manual_seed(0)
+    encoder = AVEncoder(media, EncoderConfig(**enc, source_pointer=True))
+    # the pointer draws no random numbers: every other weight starts as without it
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in plain.state_dict().items())
     vocab = sorted({w for slot in CAPTION for w in slot.classes})
     head = CaptionHead({w: torch.randn(24) for w in vocab})
     projector = torch.nn.Linear(32, 24)
     outs = source_pointer().outs
-    heads = Heads(32, enc.num_tokens, caption=head, caption_start=enc.num_tokens - enc.summary_tokens, own_slots=outs)
+    start = encoder.num_tokens - len(CAPTION)
+    torch.manual_seed(1)
+    heads = Heads(32, encoder.num_tokens, caption=head, caption_start=start, pointer_slots=outs)
     frames, mel = torch.randn(2, 4, 3, 32, 32), torch.randn(2, 16, 36)
     out = heads.run(encoder, frames, mel, projector)
-    assert len(out["caption"]) == len(CAPTION) and len(out["caption_own"]) == len(outs)
-    # each own token is scored against its own slot's words: a colour, a shape, a direction
-    assert [lg.shape[1] for lg in out["caption_own"]] == [len(CAPTION[s].classes) for s in outs]
+    # the clip heads and the caption see exactly what the encoder without a pointer gives
+    torch.manual_seed(1)
+    plain_out = Heads(32, encoder.num_tokens, caption=head, caption_start=start).run(plain, frames, mel, projector)
+    for kind in ("clip", "caption"):
+        assert all(torch.equal(a, b) for a, b in zip(out[kind], plain_out[kind])), kind
+    assert [lg.shape[1] for lg in out["caption_pointer"]] == [len(CAPTION[s].classes) for s in outs]
     y, caption_y = torch.stack([labels(META)] * 2), torch.stack([caption_labels(META)] * 2)
-    both = heads_loss(out, y, caption_targets=caption_y, own_slots=outs)
-    alone = heads_loss({k: v for k, v in out.items() if k != "caption_own"}, y, caption_targets=caption_y)
+    both = heads_loss(out, y, caption_targets=caption_y, pointer_slots=outs)
+    alone = heads_loss({k: v for k, v in out.items() if k != "caption_pointer"}, y, caption_targets=caption_y)
     assert both > alone
+    both.backward()
+    assert encoder.summary.pointer.score.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="pointer slots"):
-        Heads(32, enc.num_tokens, caption=head, caption_start=enc.num_tokens - enc.summary_tokens,
-              own_slots=(1, 2)).run(encoder, frames, mel, projector)
+        Heads(32, encoder.num_tokens, caption=head, caption_start=start, pointer_slots=(1, 2)).run(
+            encoder, frames, mel, projector)

@@ -64,16 +64,19 @@ class SlotPointer(nn.Module):
     the softmax over those scores weighs the candidates' value tokens (and, for none, the output slot's own
     token). All output slots share the one choice, so they describe the same candidate.
 
-    The pointer reads the tokens detached: it learns only its two scores and leaves the encoder to learn
-    as it would without it. Teaching the output slots their words through the copies instead (the slots'
-    own queries then got no gradient of their own) left every colour's beep count at 91-94 % after 1,000
-    steps, where the slots' own queries, learning which object beeps, lift them to 97-100 %."""
+    It reads the tokens detached and starts at zero without drawing random numbers, so it changes nothing
+    in how the rest of the encoder is initialised or learns: training teaches the slots' own tokens their
+    words as before (vqa.train.pretrain.Heads) and fits the two scores in a stage of their own. Taught only
+    through the copies, the slots' own queries stop learning which object beeps, and every colour's beep
+    count stalled at 91-94 % (docs/training.md)."""
 
     def __init__(self, dim: int, layout: PointerLayout):
         super().__init__()
         self.layout = layout
-        self.score = nn.Linear(dim, 1)
-        self.score_none = nn.Linear(dim, 1)
+        self.score = nn.Linear(dim, 1, device="meta").to_empty(device="cpu")  # meta: no random init drawn
+        self.score_none = nn.Linear(dim, 1, device="meta").to_empty(device="cpu")
+        for p in self.parameters():
+            nn.init.zeros_(p)
         values = [list(v) + [o] for v, o in zip(layout.values, layout.outs)]  # none: the slot itself
         self.register_buffer("keys", torch.tensor(layout.keys), persistent=False)
         self.register_buffer("outs", torch.tensor(layout.outs), persistent=False)
@@ -115,10 +118,10 @@ class SummaryTokens(nn.Module):
         self.over_time = nn.Linear(num_frames * D, D) if enc.uses_video else None
         self.blocks = nn.ModuleList([SummaryBlock(enc) for _ in range(enc.summary_depth)])
         self.norm = nn.LayerNorm(D, eps=enc.layer_norm_eps)
-        self.pointer = SlotPointer(D, pointer) if pointer is not None else None
         self.apply(init_weights)
         for p in (self.queries, self.frame_embed, self.type_embed):
             nn.init.trunc_normal_(p, std=0.02)
+        self.pointer = SlotPointer(D, pointer) if pointer is not None else None  # last: its own init
 
     def frames_then_time(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, Q, D): the queries on each frame alone, then one linear map over the frames in order."""

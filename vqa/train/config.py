@@ -14,7 +14,7 @@ from typing import Any
 from ..config import ModelConfig
 
 # what a stage can train
-PARTS = ("encoder", "projector", "lora", "heads")
+PARTS = ("encoder", "pointer", "projector", "lora", "heads")
 # "pretrain": the encoder with small classification heads on the clip metadata (no LLM);
 # "align": answers through the LLM, loss on the answer tokens
 STAGE_KINDS = ("pretrain", "align")

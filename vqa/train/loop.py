@@ -53,8 +53,9 @@ class StageModule(nn.Module):
     """What one training step runs, as one module (so DDP sees one forward): heads loss or answer loss."""
 
     def __init__(self, model: nn.Module, heads: nn.Module | None, precision: str = "fp32", dense_weight: float = 0.0,
-                 caption_weight: float = 0.0):
+                 caption_weight: float = 0.0, train_pointer: bool = False):
         super().__init__()
+        self.train_pointer = train_pointer
         self.model = model
         self.heads = heads
         self.precision = precision
@@ -67,15 +68,19 @@ class StageModule(nn.Module):
         with autocast(self.precision, prompt["input_ids"].device if frames is None else frames.device):
             if targets is not None:
                 out = self.heads.run(self.model.encoder, frames, mel, self.model.projector)
+                if not self.train_pointer:  # its copies' loss would move the projector, not the pointer
+                    out.pop("caption_pointer", None)
                 return heads_loss(out, targets, patch_targets, caption_targets, self.dense_weight, self.caption_weight,
-                                  self.heads.own_slots)
+                                  self.heads.pointer_slots)
             return self.model(frames=frames, mel=mel, **prompt)
 
 
 def parts_of(model, heads: nn.Module | None) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """The trainable parts, each as (checkpoint name, parameter) pairs."""
+    pointer = ".pointer."  # the summary tokens' SlotPointer: a part of its own (vqa.encoder.summary)
     parts = {
-        "encoder": [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters()],
+        "encoder": [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters() if pointer not in f".{n}"],
+        "pointer": [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters() if pointer in f".{n}"],
         "projector": [(f"projector.{n}", p) for n, p in model.projector.named_parameters()],
         "lora": [(f"llm.{n}", p) for n, p in model.llm.named_parameters() if "lora_" in n],
         "heads": [] if heads is None else [(f"heads.{n}", p) for n, p in heads.named_parameters()],
@@ -143,7 +148,7 @@ def train(
         head = CaptionHead(word_embeddings(model.llm, tokenizer)) if caption else None
         heads = Heads(enc.width, enc.num_tokens, dense=dense, caption=head,
                       caption_start=enc.num_tokens - enc.summary_tokens,
-                      own_slots=source_pointer().outs if caption and enc.source_pointer else ())
+                      pointer_slots=source_pointer().outs if enc.source_pointer else ())
     parts = parts_of(model, heads)
     named = {name: p for pairs in parts.values() for name, p in pairs}
     # what a checkpoint holds: the parameters, and the buffers training changes (batch-norm statistics)
@@ -191,7 +196,7 @@ def train(
                        {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr)
         module = StageModule(model, heads if stage.kind == "pretrain" else None, stage_precision[index],
-                             config.dense_weight, config.caption_weight)
+                             config.dense_weight, config.caption_weight, train_pointer="pointer" in stage.train)
         wrapped, optimizer = accelerator.prepare(module, optimizer)
         scheduler = warmup_cosine(optimizer, stage.warmup_steps, stage.steps, stage.min_lr_ratio)
 
@@ -444,10 +449,10 @@ def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, preci
         cap = caption_accuracy(joined["caption"], clip_labels["caption_targets"][:n])
         result["caption_accuracy"] = sum(cap.values()) / len(cap)
         result["caption"] = {k: round(v, 4) for k, v in cap.items()}
-    if "caption_own" in joined:  # the replaced slots as their own queries made them
-        y = clip_labels["caption_targets"][:n, list(heads.own_slots)]
-        result["caption_own"] = {CAPTION[s].name: round((lg.argmax(-1) == y[:, i]).float().mean().item(), 4)
-                                 for i, (s, lg) in enumerate(zip(heads.own_slots, joined["caption_own"]))}
+    if "caption_pointer" in joined:  # the pointer's copies, which the LLM reads in those slots
+        y = clip_labels["caption_targets"][:n, list(heads.pointer_slots)]
+        result["caption_pointer"] = {CAPTION[s].name: round((lg.argmax(-1) == y[:, i]).float().mean().item(), 4)
+                                     for i, (s, lg) in enumerate(zip(heads.pointer_slots, joined["caption_pointer"]))}
     return result
 
 

@@ -237,15 +237,16 @@ class Heads(nn.Module):
 
     def __init__(self, width: int, num_tokens: int, hidden: int = 512, targets: list[Target] = TARGETS,
                  dense: bool = False, caption: CaptionHead | None = None, caption_start: int = 0,
-                 own_slots: Sequence[int] = ()):
+                 pointer_slots: Sequence[int] = ()):
         super().__init__()
         self.targets = targets
         self.dense = DenseHeads(width) if dense else None
         self.caption = caption
         self.caption_start = caption_start  # index of the first summary token
-        # caption slots an encoder's pointer replaces (vqa.caption.source_pointer): their own queries' tokens
-        # are taught the same words ("caption_own"), so the encoder learns which object beeps
-        self.own_slots = tuple(own_slots)
+        # caption slots an encoder's pointer replaces (vqa.caption.source_pointer): the heads and the caption
+        # read them as the slots' own queries made them, so the encoder learns exactly as without a pointer;
+        # the pointer's copies are scored apart ("caption_pointer"), which trains only the pointer
+        self.pointer_slots = tuple(pointer_slots)
         self.sizes = [len(t.classes) for t in targets]
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(num_tokens * width, hidden), nn.GELU(), nn.Linear(hidden, sum(self.sizes)))
@@ -259,24 +260,25 @@ class Heads(nn.Module):
             projector: nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
         """The encoder, then every head: {"clip": logits, and "dense", "caption" where built}."""
         features = encoder.forward_features(frames, mel)
-        tokens, own = encoder.forward_head(features, own=True)
+        pointed, own = encoder.forward_head(features, own=True)
+        if own.shape[1] != len(self.pointer_slots):
+            raise ValueError(f"the heads expect {len(self.pointer_slots)} pointer slots, the encoder has {own.shape[1]}")
+        slots = torch.tensor(self.pointer_slots, dtype=torch.long, device=own.device) + self.caption_start
+        tokens = pointed.index_copy(1, slots, own) if own.shape[1] else pointed  # the own tokens back in place
         out = {"clip": self(tokens)}
         if self.dense is not None:  # the loop builds it only for a model with a video branch
             out["dense"] = self.dense(features["video"])
         if self.caption is not None:
             start = self.caption_start
             out["caption"] = self.caption(projector(tokens[:, start:start + len(CAPTION)]))
-            if self.own_slots:
-                if own.shape[1] != len(self.own_slots):
-                    raise ValueError(f"the heads expect {len(self.own_slots)} pointer slots, the encoder has "
-                                     f"{own.shape[1]}")
-                out["caption_own"] = self.caption(projector(own), slots=self.own_slots)
+            if self.pointer_slots:  # what the LLM reads in those slots
+                out["caption_pointer"] = self.caption(projector(pointed[:, slots]), slots=self.pointer_slots)
         return out
 
 
 def heads_loss(out: dict[str, list[torch.Tensor]], targets: torch.Tensor, patch_targets: torch.Tensor | None = None,
                caption_targets: torch.Tensor | None = None, dense_weight: float = 1.0,
-               caption_weight: float = 1.0, own_slots: Sequence[int] = ()) -> torch.Tensor:
+               caption_weight: float = 1.0, pointer_slots: Sequence[int] = ()) -> torch.Tensor:
     """Mean over targets of each target's cross-entropy on the clips where it applies (targets: (B, Q)),
     plus `dense_weight` times the sum of the dense targets' mean cross-entropy over the patches where they
     apply (patch_targets: (B, T, N, 3)), plus `caption_weight` times the caption loss (caption_targets: (B, C))."""
@@ -292,8 +294,8 @@ def heads_loss(out: dict[str, list[torch.Tensor]], targets: torch.Tensor, patch_
         loss = loss + dense_weight * sum(dense_losses)
     if "caption" in out and caption_targets is not None:
         loss = loss + caption_weight * caption_loss(out["caption"], caption_targets)
-        if "caption_own" in out:  # the slots a pointer replaced, as their own queries made them
-            loss = loss + caption_weight * caption_loss(out["caption_own"], caption_targets[:, list(own_slots)])
+        if "caption_pointer" in out:  # the pointer's copies
+            loss = loss + caption_weight * caption_loss(out["caption_pointer"], caption_targets[:, list(pointer_slots)])
     return loss
 
 
