@@ -176,7 +176,7 @@ def test_committed_adapter_keeps_the_llms_language(tmp_path):
     """Questions unrelated to the clip, asked about a clip, get sentences and often the base LLM's answer,
     not one benchmark word. A LoRA trained on the benchmark's answers alone gave 8 one-word replies and
     0 right answers ("What is the capital of France?" -> "France"). The committed adapter, on this clip:
-    6 sentences and 4 right; "What is 2 plus 2?" and the sky's colour still get one benchmark word."""
+    8 sentences and 7 right ("What is 2 plus 2?" gets a paragraph on the number two)."""
     if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
         pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
     from vqa.api import VideoQA
@@ -190,4 +190,28 @@ def test_committed_adapter_keeps_the_llms_language(tmp_path):
     replies = {q: qa.ask(clip, q, max_new_tokens=48) for q, _ in PLAIN_QUESTIONS}
     sentences = [q for q, r in replies.items() if len(r.split()) >= 3]
     right = [q for q, words in PLAIN_QUESTIONS if any(w in replies[q].lower() for w in words)]
-    assert len(sentences) >= 6 and len(right) >= 4, replies
+    assert len(sentences) >= 7 and len(right) >= 6, replies
+
+
+# the committed adapter describes 7 of these 8 clips with every fact right (one names a white square for a
+# purple one); on 200 test-split clips, 72.5 % (benchmarks/describe_accuracy.py)
+DESCRIBED_CLIPS, DESCRIBED_RIGHT = 8, 6
+
+
+@pytest.mark.slow
+def test_committed_adapter_describes_clips_it_has_never_seen(tmp_path):
+    """"Describe this clip." gets the description of what is in the clip: how many objects, each one's colour,
+    shape and motion, and what beeps (vqa.synth.describe), read fact by fact."""
+    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
+        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
+    from vqa.api import VideoQA
+    from vqa.data import read_meta
+    from vqa.synth.describe import describe, facts
+    from vqa.synth.generate import generate
+
+    generate(tmp_path, DESCRIBED_CLIPS, seed=7, progress=False)
+    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
+    meta = read_meta(tmp_path)
+    replies = {v: qa.ask(tmp_path / v, "Describe this clip.", max_new_tokens=64) for v in meta}
+    right = [v for v in meta if facts(replies[v]) == facts(describe(meta[v]))]
+    assert len(right) >= DESCRIBED_RIGHT, {v: (replies[v], describe(meta[v])) for v in meta if v not in right}

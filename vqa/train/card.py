@@ -23,7 +23,9 @@ def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: di
         f"- encoder: width {enc.width}, video depth {enc.video_depth} ({enc.attention} attention, "
         f"patch {enc.patch_size}, {enc.patch_stem} stem), "
         f"audio depth {enc.audio_depth}, fusion {enc.fusion}; {enc.num_tokens} clip tokens"
-        + (f", the last {enc.summary_tokens} of them summary tokens" if enc.summary_tokens else ""),
+        + (f", the last {enc.summary_tokens} of them summary tokens" if enc.summary_tokens else "")
+        + (" (the slots naming the sounding object copy that colour's slots: source_pointer)"
+           if enc.source_pointer else ""),
         f"- projector: MLP {enc.width} -> {model.projector_hidden} -> LLM hidden size",
         "",
         "## Training",
