@@ -17,6 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .synth.describe import DESCRIBE_QUESTIONS
+
 log = logging.getLogger(__name__)
 
 NUM_EXAMPLES = 4
@@ -25,8 +27,9 @@ MAX_BYTES = 2 * 1024 * 1024
 TIMEOUT_S = 300
 INDEX = "examples.json"
 FALLBACK_QUESTION = "What color is the object that beeps?"
-# one question family per example, in turn, so the examples show seeing, hearing and both
-FAMILIES = ["source_color", "count_beeps", "motion_of", "shape_of", "pitch", "count_objects"]
+# one question family per example, in turn, so the examples show seeing, hearing and both;
+# "describe" asks for the whole clip in a sentence (the default adapter is trained on it)
+FAMILIES = ["source_color", "count_beeps", "motion_of", "describe", "shape_of", "pitch", "count_objects"]
 
 
 def cache_dir() -> Path:
@@ -103,6 +106,8 @@ def _questions(path: Path) -> dict[str, dict[str, str]]:
 def _pick(by_family: dict[str, str], i: int) -> str:
     """The i-th example's question: its turn's family where the clip has one, else any."""
     for family in FAMILIES[i % len(FAMILIES):] + FAMILIES[:i % len(FAMILIES)]:
+        if family == "describe":
+            return DESCRIBE_QUESTIONS[0]
         if family in by_family:
             return by_family[family]
     return next(iter(by_family.values()), FALLBACK_QUESTION)
