@@ -215,3 +215,28 @@ def test_committed_adapter_describes_clips_it_has_never_seen(tmp_path):
     replies = {v: qa.ask(tmp_path / v, "Describe this clip.", max_new_tokens=64) for v in meta}
     right = [v for v in meta if facts(replies[v]) == facts(describe(meta[v]))]
     assert len(right) >= DESCRIBED_RIGHT, {v: (replies[v], describe(meta[v])) for v in meta if v not in right}
+
+
+def test_ablation_table_reads_each_runs_last_caption_answers(tmp_path):
+    import subprocess
+    import sys
+
+    from vqa.synth.questions import FAMILIES
+
+    perfect = {f: 1.0 for f in FAMILIES}
+    for name, last in [("a", perfect), ("b", {**perfect, "pitch": 0.5, "count_beeps": 0.0})]:
+        (tmp_path / name).mkdir()
+        rows = [{"type": "start"}, {"type": "val", "caption_answers": {f: 0.0 for f in FAMILIES}},
+                {"type": "val", "caption_answers": last}, {"type": "val", "families": {}}]
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = str(ROOT / "benchmarks" / "ablation_table.py")
+    out = subprocess.run([sys.executable, script, str(tmp_path / "a"), str(tmp_path / "b")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:5]] for line in out[2:]}
+    assert row["pitch"] == ["100.0", "50.0"] and row["shape_of"] == ["100.0", "100.0"]
+    assert row["**audio**"] == ["100.0", "50.0"]  # beep_exists 100, count_beeps 0, pitch 50
+    assert row["**overall**"] == ["**100.0**", f"**{100 * (len(FAMILIES) - 1.5) / len(FAMILIES):.1f}**"]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "log.jsonl").write_text(json.dumps({"type": "val", "targets": {}}) + "\n")
+    failed = subprocess.run([sys.executable, script, str(tmp_path / "c")], capture_output=True, text=True)
+    assert failed.returncode != 0 and "no validation with caption_answers" in failed.stderr

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from vqa.synth.questions import FAMILY_GROUP
 from vqa.train import checkpoint
 from vqa.train.config import StageConfig, load_config
 from vqa.train.pretrain import (
@@ -188,6 +189,24 @@ def test_caption_reads_as_a_description_of_the_clip():
     assert [slot.classes[i] for slot, i in zip(CAPTION, y.tolist())] == words
 
 
+def test_every_benchmark_question_is_answered_by_its_caption_slot():
+    from vqa.caption import answer_slot
+    from vqa.synth.questions import FAMILIES, options
+    from vqa.synth.scene import clip_meta
+
+    asked = 0
+    for meta in [META] + [clip_meta(5, i) for i in range(40)]:
+        words = caption_words(meta)
+        for family, spec in FAMILIES.items():
+            for answer, fields in options(meta, family):
+                for phrasing in spec.phrasings:  # every wording, every object it can name
+                    assert words[answer_slot(family, phrasing.format(**fields))] == answer, (family, phrasing)
+                    asked += 1
+    assert asked > 1000
+    with pytest.raises(ValueError, match="names one color"):
+        answer_slot("shape_of", "Is the thing a circle or a square?")
+
+
 def test_caption_head_pulls_tokens_onto_word_embeddings():
     torch.manual_seed(0)
     vocab = sorted({w for slot in CAPTION for w in slot.classes})
@@ -334,6 +353,10 @@ def test_run_writes_bundle_log_plot_and_keeps_frozen_parts(uninterrupted):
     assert log[0]["type"] == "start" and log[-1]["type"] == "end"
     assert [r["step"] for r in log if r["type"] == "train"] == list(range(1, 12))
     assert {r["stage"] for r in log if r["type"] == "val"} == {"encoder", "projector", "lora"}
+    # encoder-stage validation also scores the benchmark questions read off the caption's words
+    read = [r["caption_answers"] for r in log if r["type"] == "val" and r["stage"] == "encoder"]
+    assert read and set(read[-1]) <= set(FAMILY_GROUP) and "count_objects" in read[-1]
+    assert all(0.0 <= v <= 1.0 for v in read[-1].values())
     # the LoRA stage mixed in general chat: the base LLM's replies, generated once into the run's folder
     from vqa.train.chat import CHAT_FILE, chat_prompts
 

@@ -7,6 +7,7 @@ question is then reading words, which the LLM already does.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .synth.questions import COUNT_ANSWERS, DIRECTION_ANSWERS
@@ -42,6 +43,31 @@ def caption_slots() -> list[Target]:
 
 
 CAPTION = caption_slots()
+SLOT_INDEX = {slot.name: i for i, slot in enumerate(CAPTION)}
+
+# the caption slot whose word answers each benchmark family; {color} / {shape}: the object the question names
+ANSWER_SLOTS = {
+    "count_objects": "count_objects", "shape_of": "{color}.shape", "color_of": "{shape}.color",
+    "motion_of": "{color}.motion", "beep_exists": "beep_exists", "count_beeps": "count_beeps", "pitch": "pitch",
+    "source_color": "source_color", "source_shape": "source_shape", "source_motion": "source_motion",
+    "beeps_of": "{color}.beeps",
+}
+
+
+def answer_slot(family: str, question: str) -> int:
+    """Index in CAPTION of the slot whose word is the answer to a benchmark question of `family`.
+
+    A question names at most one colour (shape_of, motion_of, beeps_of) or one shape (color_of); the other
+    shapes some phrasings list as choices are not read for those families."""
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    named = {"color": [c for c in COLORS if c in words], "shape": [s for s in SHAPES if s in words]}
+    pattern = ANSWER_SLOTS[family]
+    fields = {}
+    for field in re.findall(r"{(\w+)}", pattern):
+        if len(named[field]) != 1:
+            raise ValueError(f"a {family} question names one {field}, found {named[field]} in {question!r}")
+        fields[field] = named[field][0]
+    return SLOT_INDEX[pattern.format(**fields)]
 
 
 @dataclass(frozen=True)
@@ -61,7 +87,7 @@ def source_pointer() -> PointerLayout:
 
     Learned on their own, these slots stayed at 70-80 % while every colour's beep count, shape and motion
     reached 95-100 %: which object beeps is already known per colour, so the source slots copy it."""
-    at = {slot.name: i for i, slot in enumerate(CAPTION)}
+    at = SLOT_INDEX
     return PointerLayout(
         keys=tuple(at[f"{c}.beeps"] for c in COLORS),
         none_key=at["beep_exists"],

@@ -22,7 +22,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import bundle
-from ..caption import source_pointer
+from ..caption import ANSWER_SLOTS, answer_slot, source_pointer
 from ..config import ModelConfig
 from ..data import (
     EpochOrder, PromptEncoder, describe_samples, ensure_split, load_features, qa_samples, rank_share, read_meta, read_qa,
@@ -232,7 +232,8 @@ def train(
                 if "encoder" in stage.train:
                     _precise_batch_norm(model.encoder, train_cache, config.val_batch_size, stage_precision[index])
                 if stage.kind == "pretrain":
-                    return _validate_heads(model, heads, val_cache, val_labels, config, stage_precision[index])
+                    return _validate_heads(model, heads, val_cache, val_labels, config, stage_precision[index],
+                                           val_records)
                 return _validate_answers(model, val_cache, val_records, config, stage_precision[index])
 
         def save(step_now: int, position_now: int, global_step: int) -> None:
@@ -428,7 +429,8 @@ def _clip_batch(cache, clip_labels: dict[str, torch.Tensor], idx: list[int]) -> 
 
 
 @torch.no_grad()
-def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, precision: str) -> dict:
+def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, precision: str,
+                    records: list[dict] = ()) -> dict:
     model.encoder.eval()
     heads.eval()
     n = min(len(cache), config.val_questions)
@@ -453,7 +455,27 @@ def _validate_heads(model, heads, cache, clip_labels, config: TrainConfig, preci
         y = clip_labels["caption_targets"][:n, list(heads.pointer_slots)]
         result["caption_pointer"] = {CAPTION[s].name: round((lg.argmax(-1) == y[:, i]).float().mean().item(), 4)
                                      for i, (s, lg) in enumerate(zip(heads.pointer_slots, joined["caption_pointer"]))}
+    if "caption" in joined:
+        result["caption_answers"] = _caption_answers(joined, heads.pointer_slots, cache, records, n)
     return result
+
+
+def _caption_answers(joined: dict, pointer_slots, cache, records, n: int) -> dict[str, float]:
+    """Per family, the share of the first `n` clips' benchmark questions whose answer is the word that the
+    caption slot for it holds, the pointer's copies in their slots: the words the LLM is given to read."""
+    from ..evaluate import summarize
+
+    words = [lg.argmax(-1) for lg in joined["caption"]]
+    for s, lg in zip(pointer_slots, joined.get("caption_pointer", [])):
+        words[s] = lg.argmax(-1)
+    asked = [r for r in records if r.get("family") in ANSWER_SLOTS and cache.row(r["video"]) < n]
+    if not asked:
+        return {}
+    replies = []
+    for r in asked:
+        slot = answer_slot(r["family"], r["conversations"][0]["value"])
+        replies.append(CAPTION[slot].classes[words[slot][cache.row(r["video"])]])
+    return {k: round(v["accuracy"], 4) for k, v in summarize(asked, replies)["families"].items()}
 
 
 def _validate_answers(model, cache, records, config: TrainConfig, precision: str) -> dict:
