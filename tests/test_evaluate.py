@@ -176,7 +176,7 @@ def test_committed_adapter_keeps_the_llms_language(tmp_path):
     """Questions unrelated to the clip, asked about a clip, get sentences and often the base LLM's answer,
     not one benchmark word. A LoRA trained on the benchmark's answers alone gave 8 one-word replies and
     0 right answers ("What is the capital of France?" -> "France"). The committed adapter, on this clip:
-    8 sentences and 7 right ("What is 2 plus 2?" gets a paragraph on the number two)."""
+    8 sentences and 6 right ("What is 2 plus 2?" gets "Two plus two is equal to two.")."""
     if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
         pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
     from vqa.api import VideoQA
@@ -193,8 +193,8 @@ def test_committed_adapter_keeps_the_llms_language(tmp_path):
     assert len(sentences) >= 7 and len(right) >= 6, replies
 
 
-# the committed adapter describes 7 of these 8 clips with every fact right (one names a white square for a
-# purple one); on 200 test-split clips, 72.5 % (benchmarks/describe_accuracy.py)
+# the committed adapter describes 7 of these 8 clips with every fact right (one names a white triangle for a
+# red one); on 200 test-split clips, 69.5 % (benchmarks/describe_accuracy.py)
 DESCRIBED_CLIPS, DESCRIBED_RIGHT = 8, 6
 
 
