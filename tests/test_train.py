@@ -35,6 +35,25 @@ def test_every_shipped_config_parses(path):
     assert train.stages and model.encoder.num_tokens > 0
 
 
+ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
+def test_each_ablation_is_the_default_model_with_its_one_change(path):
+    """The ablation configs are copies; the docs compare them as 'the default config with that one change'.
+    `fusion-late` must be configs/avsynth.yaml's model with fusion: late, and all share one training recipe."""
+    import dataclasses
+
+    default, default_train = load_config(ROOT / "configs" / "avsynth.yaml")
+    reference_train = load_config(ROOT / "configs" / "ablations" / "fusion-bottleneck.yaml")[1]
+    model, train = load_config(path)
+    key, value = path.stem.split("-")
+    assert model == dataclasses.replace(default, encoder=dataclasses.replace(default.encoder, **{key: value}))
+    assert train.out_dir == f"runs/ablations/{path.stem}"
+    assert train.data == default_train.data
+    assert dataclasses.replace(train, out_dir=reference_train.out_dir) == reference_train
+
+
 @pytest.mark.parametrize("stage, message", [
     (dict(kind="pretrain", train=["encoder", "lora"]), "cannot train the LoRA"),
     (dict(kind="align", train=["heads"]), "no heads to train"),
