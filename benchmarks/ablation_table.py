@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vqa.synth.questions import CHANCE, FAMILIES, GROUPS  # noqa: E402
+from vqa.avsynth.questions import CHANCE, FAMILIES, GROUPS  # noqa: E402
 
 
 def caption_answers(run: Path) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
     python benchmarks/describe_accuracy.py --adapter adapters/avsynth --data data/avsynth-test --clips 200
 
-Each reply is read with vqa.synth.describe.facts and compared with the description of the clip's metadata:
+Each reply is read with vqa.avsynth.describe.facts and compared with the description of the clip's metadata:
 the object count, the objects (colour, shape and motion of each, all of them right), what beeps (colour,
 shape, how often, pitch; or nothing), and the whole reply word for word. Also asks a phrasing the training
 never used, to show whether the request, not the template, was learned.
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vqa.data import load_features, read_meta  # noqa: E402
 from vqa.evaluate import answer  # noqa: E402
 from vqa.prompt import with_video  # noqa: E402
-from vqa.synth.describe import DESCRIBE_QUESTIONS, describe, facts  # noqa: E402
+from vqa.avsynth.describe import DESCRIBE_QUESTIONS, describe, facts  # noqa: E402
 from vqa.train.precision import resolve_precision  # noqa: E402
 
 UNSEEN = "What can you see and hear in this clip?"

@@ -1,4 +1,4 @@
-"""vqa.data: reading qa.jsonl, the feature cache (decoded once), sample packing and the resumable order."""
+"""vqa.data: reading qa.jsonl (line numbers, missing and broken clips skipped), the feature cache (decoded once), sample packing and the resumable order."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from vqa.data import EpochOrder, FeatureCache, load_features, qa_samples, rank_s
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     """A 4-clip AVSynth split, generated in one process."""
-    from vqa.synth.generate import generate
+    from vqa.avsynth.generate import generate
 
     folder = tmp_path_factory.mktemp("avsynth")
     generate(folder, 4, seed=11, workers=1, progress=False)
@@ -35,7 +35,10 @@ def test_read_qa_normalises_llava_turns(split):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"conversations": []}', "needs `video` and `conversations`"),
+    ('{"conversations": []}', "qa.jsonl:1: a record needs `video`"),
+    ('{"video": "a.mp4", "conversations": [{"from": "human", "value": "hi"}]}', "holds an answer"),
+    ('{"video": "a.mp4", "conversations": [{"from": "human"}]}', "qa.jsonl:1: malformed conversation"),
+    ('[1, 2]', "qa.jsonl:1: expected a JSON object"),
     ('{"video": "a.mp4", "conversations": [{"from": "robot", "value": "hi"}]}', "unknown conversation role"),
     ("{not json", "qa.jsonl:1: not a JSON object"),
 ])
@@ -43,11 +46,6 @@ def test_read_qa_names_the_problem(tmp_path, line, message):
     (tmp_path / "qa.jsonl").write_text(line + "\n")
     with pytest.raises(ValueError, match=message):
         read_qa(tmp_path)
-
-
-def test_missing_split_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="vqa synth --out"):
-        data.ensure_split(tmp_path / "nothing", clips=0, seed=0)
 
 
 def test_cache_matches_the_decoding_path(split, config):
@@ -69,13 +67,13 @@ def test_cache_matches_the_decoding_path(split, config):
 def test_cache_is_decoded_once_and_extended_with_only_new_clips(split, config, monkeypatch):
     load_features(split, config, workers=1, progress=False)
     decoded = []
-    real = data._decode
+    real = data.cache._decode
 
     def counting(job):
         decoded.append(job[0])
         return real(job)
 
-    monkeypatch.setattr(data, "_decode", counting)
+    monkeypatch.setattr(data.cache, "_decode", counting)
     cache = load_features(split, config, workers=1, progress=False)
     assert decoded == [] and len(cache) == 4
     # a changed media option is a different cache
@@ -130,27 +128,73 @@ def test_cache_file_records_its_clips(split, config):
     from safetensors import safe_open
 
     cache = load_features(split, config, workers=1, progress=False)
-    path = split / f"features-{data.cache_key(config.media, config.encoder.audio_frames)}.safetensors"
+    path = split / f"features-{data.cache.cache_key(config.media, config.encoder.audio_frames)}.safetensors"
     with safe_open(str(path), framework="pt") as f:
         assert json.loads(f.metadata()["videos"]) == cache.videos
 
 
-def test_describe_samples_show_each_clip_with_its_description(split, config):
-    from vqa.synth.describe import DESCRIBE_QUESTIONS, describe
+def write_dataset(folder, clips: dict[str, dict], records: list[dict]):
+    """A qa.jsonl over clips made with tests.helpers.write_clip ({name: its options}; None: no file)."""
+    from tests.helpers import write_clip
 
-    cache = load_features(split, config, workers=1, progress=False)
-    meta = data.read_meta(split)
-    samples = data.describe_samples(meta, cache, count=10, seed=3)
-    assert len(samples) == 10
-    by_row = {cache.row(v): v for v in cache.videos}
-    first_pass = [s.row for s in samples[:len(cache.videos)]]
-    assert sorted(first_pass) == sorted(by_row)  # every clip once before any twice
-    for s in samples:
-        question, answer = s.messages
-        assert question["content"].startswith("<video>\n")
-        assert question["content"].removeprefix("<video>\n") in DESCRIBE_QUESTIONS
-        assert answer == {"role": "assistant", "content": describe(meta[by_row[s.row]])}
-    assert len({s.messages[0]["content"] for s in samples}) > 1
-    assert samples == data.describe_samples(meta, cache, count=10, seed=3)
-    with pytest.raises(ValueError, match="no clip of the feature cache has metadata"):
-        data.describe_samples({}, cache, count=1)
+    (folder / "clips").mkdir(parents=True, exist_ok=True)
+    for name, options in clips.items():
+        if options is not None:
+            write_clip(folder / "clips" / name, **options)
+    (folder / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def record(video: str, *turns: str) -> dict:
+    convs = [{"from": "human" if i % 2 == 0 else "gpt", "value": ("<video>\n" if i == 0 else "") + t}
+             for i, t in enumerate(turns)]
+    return {"video": f"clips/{video}", "conversations": convs}
+
+
+def test_a_missing_or_broken_clip_is_reported_once_with_its_lines_and_skipped(tmp_path, config, caplog):
+    folder = write_dataset(tmp_path, {"good.mp4": {}, "gone.mp4": None}, [
+        record("good.mp4", "What moves?", "A square."), record("gone.mp4", "Q1?", "A1."),
+        record("gone.mp4", "Q2?", "A2."), record("broken.mp4", "Q3?", "A3."),
+    ])
+    (folder / "clips" / "broken.mp4").write_bytes(b"not a video at all")
+    records = read_qa(folder)
+    with caplog.at_level("WARNING", logger="vqa"):
+        cache = load_features(folder, config, records=records, workers=1, progress=False)
+    assert cache.videos == ["clips/good.mp4"]
+    assert data.usable(records, cache) == records[:1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert any("qa.jsonl:2,3: skipping clip clips/gone.mp4 (2 records): the file does not exist" in m for m in messages)
+    assert any("qa.jsonl:4: skipping clip clips/broken.mp4" in m for m in messages)
+
+
+def test_a_dataset_with_no_decodable_clip_says_so(tmp_path, config):
+    folder = write_dataset(tmp_path, {"gone.mp4": None}, [record("gone.mp4", "Q?", "A.")])
+    with pytest.raises(ValueError, match="none of its 1 clips could be decoded"):
+        load_features(folder, config, workers=1, progress=False)
+
+
+def test_multi_turn_records_label_every_answer(bundled_llm, tmp_path):
+    from tests.helpers import tiny_llm
+    from vqa.model import VideoLLM
+    from vqa.prompt import IGNORE_INDEX
+
+    _, tokenizer = bundled_llm
+    folder = write_dataset(tmp_path, {}, [record("a.mp4", "What is it?", "A red ball.", "And the sound?", "A bell.")])
+    (r,) = read_qa(folder)
+    model = VideoLLM(tiny_config(), tiny_llm(tokenizer), tokenizer)
+    prompt = model.encode_prompt(r["messages"])
+    answered = tokenizer.decode(prompt.input_ids[prompt.labels != IGNORE_INDEX])
+    assert "A red ball." in answered and "A bell." in answered and "sound" not in answered
+
+
+def test_holdout_splits_by_clip_with_at_least_one_and_never_all():
+    records = [{"video": f"c{i // 3}.mp4"} for i in range(30)]  # 10 clips, 3 questions each
+    train, held = data.split_holdout(records, 0.1, seed=0)
+    assert len(held) == 3 and len(train) == 27
+    assert not {r["video"] for r in train} & {r["video"] for r in held}
+    assert data.split_holdout(records, 0.1, seed=0) == (train, held)
+    train, held = data.split_holdout(records[:6], 0.1, seed=0)  # 2 clips: one held out
+    assert len({r["video"] for r in held}) == 1 and train
+    with pytest.raises(ValueError, match="pass --val"):
+        data.split_holdout(records[:3], 0.1)

@@ -6,12 +6,10 @@ import itertools
 import pytest
 import torch
 
-from vqa.caption import CAPTION, source_pointer
-from vqa.config import ATTENTION_MODES, FUSION_MODES, EncoderConfig, MediaConfig
+from vqa.config import ATTENTION_MODES, FUSION_MODES, EncoderConfig, MediaConfig, PointerConfig
 from vqa.encoder import AVEncoder
 from vqa.encoder.summary import SlotPointer
 from vqa.encoder.video import TemporalAttention
-from vqa.synth.scene import COLORS
 
 MEDIA = MediaConfig(num_frames=4, size=32, n_mels=16)
 # audio: 3 frequency rows x 8 time patches (patch 8, stride 4 over 16 x 36), 2 time patches per step
@@ -290,37 +288,34 @@ def test_summary_config_is_checked():
         tiny(summary_tokens=-1)
 
 
-def test_source_pointer_copies_the_slots_of_the_colour_that_beeps():
-    layout = source_pointer()
-    pointer = SlotPointer(TINY["width"], layout)
-    x = torch.randn(2, len(CAPTION), TINY["width"])
-    with torch.no_grad():  # scores read one feature: clip 0's third colour beeps, clip 1 has no beep
-        pointer.score.weight.zero_(), pointer.score.bias.zero_()
-        pointer.score_none.weight.zero_(), pointer.score_none.bias.zero_()
+# candidates 0-2 scored off their own tokens, "none" off token 3; slots 6 and 7 copy a candidate's 0-2 or 3-5
+LAYOUT = PointerConfig(keys=[0, 1, 2], none_key=3, outs=[6, 7], values=[[0, 1, 2], [3, 4, 5]])
+
+
+def test_slot_pointer_copies_the_chosen_candidates_slots():
+    pointer = SlotPointer(TINY["width"], LAYOUT)
+    x = torch.randn(2, 8, TINY["width"])
+    with torch.no_grad():  # scores read one feature: clip 0 picks candidate 2, clip 1 none of them
         pointer.score.weight[0, 0] = pointer.score_none.weight[0, 0] = 1.0
-        x[:, list(layout.keys) + [layout.none_key], 0] = -50.0
-        x[0, layout.keys[2], 0] = 50.0
-        x[1, layout.none_key, 0] = 50.0
+        x[:, [0, 1, 2, 3], 0] = -50.0
+        x[0, 2, 0] = 50.0
+        x[1, 3, 0] = 50.0
     out = pointer(x)
-    at = {slot.name: i for i, slot in enumerate(CAPTION)}
-    third = list(COLORS)[2]
-    for name, source in (("source_color", third), ("source_shape", f"{third}.shape"),
-                         ("source_motion", f"{third}.motion")):
-        torch.testing.assert_close(out[0, at[name]], x[0, at[source]])
-        torch.testing.assert_close(out[1, at[name]], x[1, at[name]])  # none: the slot keeps its own token
-    untouched = [i for i in range(len(CAPTION)) if i not in layout.outs]
-    torch.testing.assert_close(out[:, untouched], x[:, untouched])
+    torch.testing.assert_close(out[0, 6], x[0, 2])
+    torch.testing.assert_close(out[0, 7], x[0, 5])
+    torch.testing.assert_close(out[1, [6, 7]], x[1, [6, 7]])  # none: the slots keep their own tokens
+    torch.testing.assert_close(out[:, :6], x[:, :6])
 
 
-def test_the_source_pointer_learns_its_scores_and_leaves_the_encoder_to_the_own_slots():
-    model = wake(build(summary_tokens=len(CAPTION), source_pointer=True)).train()
-    outs = list(source_pointer().outs)
+def test_the_slot_pointer_learns_its_scores_and_leaves_the_encoder_to_the_own_slots():
+    model = wake(build(summary_tokens=8, pointer=LAYOUT)).train()
+    outs = LAYOUT.outs
     frames, mel = inputs()
     features = model.forward_features(frames, mel)
     tokens, own = model.forward_head(features, own=True)
     assert tokens.shape[1] == model.num_tokens and own.shape == (2, len(outs), TINY["width"])
     assert torch.equal(model.forward_head(features), tokens)
-    summary = tokens[:, -len(CAPTION):]
+    summary = tokens[:, -8:]
     # through the pointer's copies only its scores learn ...
     summary[:, outs].pow(2).sum().backward(retain_graph=True)
     assert model.summary.pointer.score.weight.grad.abs().sum() > 0
@@ -328,5 +323,5 @@ def test_the_source_pointer_learns_its_scores_and_leaves_the_encoder_to_the_own_
     # ... and the slots' own tokens carry the gradient into the encoder
     own.pow(2).sum().backward()
     assert model.summary.queries.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match=f"source_pointer needs summary_tokens >= {len(CAPTION)}"):
-        tiny(summary_tokens=3, source_pointer=True)
+    with pytest.raises(ValueError, match=r"pointer indices must lie in \[0, summary_tokens=3\)"):
+        tiny(summary_tokens=3, pointer=LAYOUT)

@@ -1,5 +1,5 @@
-"""vqa.evaluate: scoring and the table (means over families), batched answering with and without the clip,
-the `vqa eval` command, and the committed default adapter on a freshly generated split."""
+"""vqa.evaluate: scoring free-form replies, batched answering with and without the clip, the answer loss,
+evaluation of any dataset and the `vqa eval` command (with a recipe's table where the dataset names one)."""
 from __future__ import annotations
 
 import json
@@ -9,56 +9,43 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, tiny_llm
-from vqa.evaluate import answer, evaluate, format_table, question_messages, summarize
+from vqa.evaluate import answer, evaluate, key_words, normalize, question_messages, score_replies
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ADAPTER = ROOT / "adapters" / "avsynth"
 
 
-def rec(family: str, answer: str) -> dict:
-    return {"family": family, "answer": answer}
+def rec(answer: str, type_: str | None = None) -> dict:
+    return {"messages": [{"role": "user", "content": "<video>\nQ?"}, {"role": "assistant", "content": answer}],
+            **({"type": type_} if type_ else {})}
 
 
-def test_overall_is_the_mean_over_families_not_questions():
-    records = [rec("beep_exists", "yes")] * 3 + [rec("pitch", "high")] + [rec("count_objects", "two")] * 2
-    replies = ["Yes.", "no", "yes!", "It is low", "2", "There are two objects."]
-    result = summarize(records, replies)
-    fam = result["families"]
-    assert fam["beep_exists"]["accuracy"] == pytest.approx(2 / 3)
-    assert fam["pitch"]["accuracy"] == 0.0
-    assert fam["count_objects"]["accuracy"] == 1.0  # "2" scores as "two"
-    assert result["groups"]["audio"]["accuracy"] == pytest.approx((2 / 3 + 0) / 2)
-    assert result["groups"]["visual"]["chance"] == pytest.approx(1 / 3)
-    assert result["overall"]["accuracy"] == pytest.approx((2 / 3 + 0 + 1) / 3)
-    assert result["overall"]["n"] == 6
+def test_normalising_ignores_case_punctuation_articles_and_number_words():
+    assert normalize("The Dog, barking!") == normalize("dog barking") == ["dog", "barking"]
+    assert normalize("Two cats.") == normalize("2 cats") == ["2", "cats"]
+    assert key_words("A man is playing the drums.") == {"man", "playing", "drums"}
+    assert key_words("Yes.") == {"yes"}  # nothing but a function word: it is the key word
 
 
-def test_table_has_a_row_per_family_group_and_overall_with_blind_and_chance():
-    records = [rec("beep_exists", "yes"), rec("source_color", "red")]
-    result = summarize(records, ["yes", "red"])
-    blind = summarize(records, ["no", "red"])
-    table = format_table(result, blind)
-    lines = table.splitlines()
-    assert lines[0] == "| family | group | n | accuracy | blind | chance |"
-    assert "| beep_exists | audio | 1 | 100.0 | 0.0 | 50.0 |" in lines
-    assert "| source_color | audio-visual | 1 | 100.0 | 100.0 | 16.7 |" in lines
-    assert any(line.startswith("| **overall** (mean of 2 families)") and "**100.0**" in line for line in lines)
+def test_match_and_keywords_overall_and_per_type():
+    records = [rec("A dog.", "sound"), rec("two", "count"), rec("He plays the drums.", "action"), rec("no", "sound")]
+    replies = ["a DOG", "There are 2.", "A man is playing the drums loudly.", "yes"]
+    result = score_replies(records, replies)
+    assert result["overall"] == {"n": 4, "match": 0.25, "keywords": 0.5}
+    assert result["types"]["sound"] == {"n": 2, "match": 0.5, "keywords": 0.5}
+    assert result["types"]["count"] == {"n": 1, "match": 0.0, "keywords": 1.0}
+    assert result["types"]["action"]["keywords"] == 0.0  # "plays" is not in the reply
 
 
-def test_one_word_share_counts_bare_answer_words():
-    from vqa.evaluate import one_word_share
-
-    assert one_word_share(["Yes.", "two", " Red!", "It is red", "2", "banana"]) == pytest.approx(3 / 6)
-
-
-def test_question_messages_drop_the_answer():
+def test_question_messages_drop_the_last_answer_only():
     r = {"messages": [{"role": "user", "content": "<video>\nIs there a beep?"}, {"role": "assistant", "content": "no"}]}
     assert question_messages(r) == r["messages"][:1]
+    turns = r["messages"] + [{"role": "user", "content": "And a light?"}, {"role": "assistant", "content": "yes"}]
+    assert question_messages({"messages": turns}) == turns[:3]
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    from vqa.synth.generate import generate
+    from vqa.avsynth.generate import generate
 
     folder = tmp_path_factory.mktemp("split")
     generate(folder, 3, seed=21, workers=1, progress=False)
@@ -87,17 +74,20 @@ def test_batching_and_padding_do_not_change_replies(tiny_model, split):
 
 
 def test_evaluate_counts_every_question_of_the_first_clips(tiny_model, split):
+    from vqa.avsynth import is_correct
     from vqa.data import read_qa
-    from vqa.synth import is_correct
 
     result = evaluate(tiny_model, split, batch_size=8, limit=2, precision="fp32", progress=False, workers=1)
     records = read_qa(split)
     first = list(dict.fromkeys(r["video"] for r in records))[:2]
     expected = [r for r in records if r["video"] in first]
     assert result["clips"] == 2 and result["questions"] == len(expected) == len(result["replies"])
-    correct = sum(is_correct(r["reply"], r["answer"]) for r in result["replies"])
-    assert sum(f["correct"] for f in result["families"].values()) == correct
-    assert result["blind"]["overall"]["n"] == len(expected)
+    assert result["overall"]["n"] == len(expected) and result["loss"] > 0
+    assert set(result["types"]) == {r["family"] for r in expected}  # AVSynth's records carry their family as type
+    # the split's dataset.json names the AVSynth recipe, whose family table scores the same replies
+    correct = sum(is_correct(r["reply"], r["reference"]) for r in result["replies"])
+    assert sum(f["correct"] for f in result["recipe_score"]["families"].values()) == correct
+    assert result["blind"]["overall"]["n"] == len(expected) and result["blind"]["loss"] > 0
 
 
 def test_eval_command_prints_the_table_and_writes_json(tiny_model, split, tmp_path, capsys, tokenizer):
@@ -115,9 +105,10 @@ def test_eval_command_prints_the_table_and_writes_json(tiny_model, split, tmp_pa
                  "--limit", "1", "--batch-size", "4"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| family | group | n | accuracy | blind | chance |" in printed and "**overall**" in printed
+    assert "| type | n | match | keywords | blind match | blind keywords |" in printed and "Answer loss" in printed
+    assert "| family | group | n | accuracy | blind | chance |" in printed  # the AVSynth recipe's table
     result = json.loads(out.read_text())
-    assert result["clips"] == 1 and set(result) >= {"families", "groups", "overall", "blind", "replies"}
+    assert result["clips"] == 1 and set(result) >= {"overall", "types", "loss", "blind", "replies", "recipe_score"}
 
     # --card puts the table and the command into the bundle's model card, once, before its config
     card = tmp_path / "bundle" / "README.md"
@@ -138,105 +129,6 @@ def test_eval_command_explains_a_missing_split(tmp_path, capsys):
     from vqa.cli import main
 
     assert main(["eval", "--data", str(tmp_path / "none")]) == 2
-    assert "vqa synth --out" in capsys.readouterr().err
+    assert "a dataset is a folder with a qa.jsonl" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_committed_adapter_answers_a_fresh_split(tmp_path):
-    """The default adapter on clips it has never seen (seed 7, away from the train/val/test seeds 1-3)."""
-    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
-        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
-    from vqa.api import VideoQA
-    from vqa.synth.generate import generate
-
-    generate(tmp_path, 24, seed=7, progress=False)
-    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
-    result = evaluate(qa.model, tmp_path, batch_size=32, blind=False, progress=False)
-    assert result["questions"] >= 200
-    assert result["overall"]["accuracy"] >= 0.90, format_table(result)
-
-
-
-# general questions outside anything trained on (vqa.train.chat holds the trained ones), each with the
-# words that carry the base SmolLM2's (right) answer
-PLAIN_QUESTIONS = [
-    ("What is the capital of France?", ("paris",)),
-    ("How many legs does a spider have?", ("eight", "8")),
-    ("What is 2 plus 2?", ("4", "four")),
-    ("What is the boiling point of water in Celsius?", ("100",)),
-    ("How many hours are in a day?", ("24", "twenty-four")),
-    ("What is the opposite of hot?", ("cold",)),
-    ("What language is spoken in Brazil?", ("portuguese",)),
-    ("What colour is the sky on a clear day?", ("blue",)),
-]
-
-
-@pytest.mark.slow
-def test_committed_adapter_keeps_the_llms_language(tmp_path):
-    """Questions unrelated to the clip, asked about a clip, get sentences and often the base LLM's answer,
-    not one benchmark word. A LoRA trained on the benchmark's answers alone gave 8 one-word replies and
-    0 right answers ("What is the capital of France?" -> "France"). The committed adapter, on this clip:
-    8 sentences and 6 right ("What is 2 plus 2?" gets "Two plus two is equal to two.")."""
-    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
-        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
-    from vqa.api import VideoQA
-    from vqa.synth.generate import generate
-    from vqa.train.chat import chat_prompts
-
-    assert not {q for q, _ in PLAIN_QUESTIONS} & set(chat_prompts())
-    generate(tmp_path, 1, seed=7, progress=False)
-    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
-    clip = next((tmp_path / "clips").glob("*.mp4"))
-    replies = {q: qa.ask(clip, q, max_new_tokens=48) for q, _ in PLAIN_QUESTIONS}
-    sentences = [q for q, r in replies.items() if len(r.split()) >= 3]
-    right = [q for q, words in PLAIN_QUESTIONS if any(w in replies[q].lower() for w in words)]
-    assert len(sentences) >= 7 and len(right) >= 6, replies
-
-
-# the committed adapter describes 7 of these 8 clips with every fact right (one names a white triangle for a
-# red one); on 200 test-split clips, 69.5 % (benchmarks/describe_accuracy.py)
-DESCRIBED_CLIPS, DESCRIBED_RIGHT = 8, 6
-
-
-@pytest.mark.slow
-def test_committed_adapter_describes_clips_it_has_never_seen(tmp_path):
-    """"Describe this clip." gets the description of what is in the clip: how many objects, each one's colour,
-    shape and motion, and what beeps (vqa.synth.describe), read fact by fact."""
-    if not (DEFAULT_ADAPTER / "vqa_config.json").is_file():
-        pytest.skip(f"{DEFAULT_ADAPTER} is absent: train it with `vqa train --config configs/avsynth.yaml`")
-    from vqa.api import VideoQA
-    from vqa.data import read_meta
-    from vqa.synth.describe import describe, facts
-    from vqa.synth.generate import generate
-
-    generate(tmp_path, DESCRIBED_CLIPS, seed=7, progress=False)
-    qa = VideoQA.from_pretrained(DEFAULT_ADAPTER)
-    meta = read_meta(tmp_path)
-    replies = {v: qa.ask(tmp_path / v, "Describe this clip.", max_new_tokens=64) for v in meta}
-    right = [v for v in meta if facts(replies[v]) == facts(describe(meta[v]))]
-    assert len(right) >= DESCRIBED_RIGHT, {v: (replies[v], describe(meta[v])) for v in meta if v not in right}
-
-
-def test_ablation_table_reads_each_runs_last_caption_answers(tmp_path):
-    import subprocess
-    import sys
-
-    from vqa.synth.questions import FAMILIES
-
-    perfect = {f: 1.0 for f in FAMILIES}
-    for name, last in [("a", perfect), ("b", {**perfect, "pitch": 0.5, "count_beeps": 0.0})]:
-        (tmp_path / name).mkdir()
-        rows = [{"type": "start"}, {"type": "val", "caption_answers": {f: 0.0 for f in FAMILIES}},
-                {"type": "val", "caption_answers": last}, {"type": "val", "families": {}}]
-        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    script = str(ROOT / "benchmarks" / "ablation_table.py")
-    out = subprocess.run([sys.executable, script, str(tmp_path / "a"), str(tmp_path / "b")],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:5]] for line in out[2:]}
-    assert row["pitch"] == ["100.0", "50.0"] and row["shape_of"] == ["100.0", "100.0"]
-    assert row["**audio**"] == ["100.0", "50.0"]  # beep_exists 100, count_beeps 0, pitch 50
-    assert row["**overall**"] == ["**100.0**", f"**{100 * (len(FAMILIES) - 1.5) / len(FAMILIES):.1f}**"]
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "log.jsonl").write_text(json.dumps({"type": "val", "targets": {}}) + "\n")
-    failed = subprocess.run([sys.executable, script, str(tmp_path / "c")], capture_output=True, text=True)
-    assert failed.returncode != 0 and "no validation with caption_answers" in failed.stderr

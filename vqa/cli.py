@@ -9,7 +9,8 @@ import sys
 COMMANDS = {
     "ask": "vqa.api_cli:ask",
     "chat": "vqa.api_cli:chat",
-    "synth": "vqa.synth.generate:cli",
+    "synth": "vqa.avsynth.generate:cli",
+    "finetune": "vqa.finetune:cli",
     "train": "vqa.train.loop:cli",
     "eval": "vqa.evaluate:cli",
     "serve": "vqa.serve:cli",
@@ -37,12 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
 
+    p = sub.add_parser("finetune", help="fine-tune a bundle on a folder of your own clips and questions (qa.jsonl)")
+    p.add_argument("data", help="dataset folder with qa.jsonl")
+    p.add_argument("--out", required=True, help="folder for the new bundle (and its training/ run)")
+    p.add_argument("--base", default=None, help="bundle to start from (default: adapters/avsynth)")
+    p.add_argument("--val", default=None, help="validation dataset folder (default: hold out 10%% of the clips)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: about 3 passes over DATA)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (projector and encoder: a tenth)")
+    p.add_argument("--train-encoder", action="store_true", help="train the encoder too")
+    p.add_argument("--chat", type=float, default=0.0,
+                   help="share of general chat (the base LLM's own replies) mixed in to keep its language")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: every core)")
+
     p = sub.add_parser("train", help="train an adapter from a YAML config (also under `accelerate launch`)")
     p.add_argument("--config", required=True, help="YAML training config")
 
-    p = sub.add_parser("eval", help="per-family accuracy on an AVSynth split")
+    p = sub.add_parser("eval", help="answer accuracy and loss on a dataset, beside the blind baseline")
     p.add_argument("--adapter", default=None, help="bundle folder (default: adapters/avsynth)")
-    p.add_argument("--data", required=True, help="AVSynth folder with meta.jsonl")
+    p.add_argument("--data", required=True, help="dataset folder with qa.jsonl")
+    p.add_argument("--recipe", default=None,
+                   help="a recipe that scores the dataset too (default: the one its dataset.json names)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="longest reply (default: the recipe's, or 48)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N clips only")

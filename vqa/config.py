@@ -7,6 +7,7 @@ It round-trips through plain dicts (JSON/YAML) with `to_dict` / `from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,28 @@ class MediaConfig:
 
 
 @dataclass
+class PointerConfig:
+    """Summary-token indices of a SlotPointer: candidate k is scored off token `keys[k]`, "none of them"
+    off `none_key`; output slot `outs[j]` becomes a copy of `values[j][k]` (or stays itself for none)."""
+
+    keys: list[int]
+    none_key: int
+    outs: list[int]
+    values: list[list[int]]
+
+    def problems(self, summary_tokens: int) -> list[str]:
+        out = []
+        if len(self.values) != len(self.outs):
+            out.append(f"pointer: {len(self.outs)} outs but {len(self.values)} value rows")
+        if any(len(row) != len(self.keys) for row in self.values):
+            out.append(f"pointer: every value row needs one index per key ({len(self.keys)})")
+        used = [*self.keys, self.none_key, *self.outs, *(i for row in self.values for i in row)]
+        if used and not all(0 <= i < summary_tokens for i in used):
+            out.append(f"pointer indices must lie in [0, summary_tokens={summary_tokens}), got {sorted(set(used))}")
+        return out
+
+
+@dataclass
 class EncoderConfig:
     # shared width of both branches (bottleneck tokens live in both)
     width: int = 192
@@ -88,9 +111,9 @@ class EncoderConfig:
     # (0: none); each holds what a question about the whole clip needs, where the LLM reads it in one step
     summary_tokens: int = 0
     summary_depth: int = 2
-    # the caption's slots naming the beeping object copy the slots of the colour whose beep count is not
-    # zero (vqa.caption.source_pointer; needs a summary token per caption slot)
-    source_pointer: bool = False
+    # summary slots that copy one candidate's slots (vqa.encoder.summary.SlotPointer); a recipe sets the
+    # layout (AVSynth: the beeping object's slots copy its colour's), saved whole so a bundle rebuilds from it
+    pointer: PointerConfig | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,12 +137,10 @@ class EncoderConfig:
         if self.summary_tokens < 0 or self.summary_depth < 1:
             problems.append(f"summary_tokens must be >= 0 and summary_depth >= 1, "
                             f"got {self.summary_tokens} and {self.summary_depth}")
-        if self.source_pointer:
-            from .caption import CAPTION  # here: vqa.caption imports this module
-
-            if self.summary_tokens < len(CAPTION):
-                problems.append(f"source_pointer needs summary_tokens >= {len(CAPTION)} (one per caption slot), "
-                                f"got {self.summary_tokens}")
+        if self.pointer is not None:
+            if isinstance(self.pointer, dict):
+                self.pointer = build(PointerConfig, self.pointer)
+            problems += self.pointer.problems(self.summary_tokens)
         root = int(round(self.video_tokens_per_step ** 0.5))
         if root * root != self.video_tokens_per_step:
             problems.append(f"video_tokens_per_step must be a square number, got {self.video_tokens_per_step}")
@@ -170,23 +191,28 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {unknown}")
-        if "media" in d:
-            d["media"] = _build(MediaConfig, d["media"])
-        if "encoder" in d:
-            d["encoder"] = _build(EncoderConfig, d["encoder"])
-        if d.get("lora") is not None:
-            d["lora"] = _build(LoraConfig, d["lora"])
-        return cls(**d)
+        return build(cls, d)
 
 
-def _build(cls, d: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+def build(cls, d: dict[str, Any]):
+    """A dataclass from a plain dict, nested dataclasses (also optional ones and lists of them) built in
+    turn; unknown keys are an error that lists the known ones."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-    return cls(**d)
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _value(hints[k], v) for k, v in d.items()})
+
+
+def _value(hint, v):
+    if v is None:
+        return None
+    for option in typing.get_args(hint) or (hint,):  # X | None, list[X], or X
+        if dataclasses.is_dataclass(option) and isinstance(v, dict):
+            return build(option, v)
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(option) and isinstance(v, list):
+            return [build(option, x) for x in v]
+    return v

@@ -1,36 +1,96 @@
-"""`vqa eval`: accuracy on an AVSynth split per family, per group and overall, beside chance and a blind baseline.
+"""`vqa eval`: how well a bundle answers a dataset's questions, beside the same model without the clip.
 
-Scoring follows avsynth-spec.md: a reply counts by its first vocabulary word;
-overall accuracy is the mean over families (each family weighs the same
-whatever its number of questions), and a group's is the mean over its families.
-The blind baseline asks the same model the same questions with the clip's
-tokens withheld: what it gets right comes from the question alone.
+Works on any dataset folder (qa.jsonl). For each record the last answer is held out and scored:
+- `loss`: the mean cross-entropy of the reference answers' tokens, the clip shown (teacher forcing);
+- `match`: the reply equals the reference once both are normalised (case, punctuation, articles,
+  number words as digits);
+- `keywords`: every key word of the reference (its words less common function words) is in the reply,
+  for free-form answers that say the right thing in other words.
+Reported overall and per `type`. The blind baseline asks the same model the same questions with the
+clip's tokens withheld: what it gets right comes from the question alone. A recipe that scores the
+dataset (its dataset.json names one, or `--recipe`) adds its own table (AVSynth: per family).
 
 Notation: B batch, K clip tokens, H LLM hidden size.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .data import FeatureCache, load_features, read_qa
-from .synth.questions import CHANCE, FAMILIES, FAMILY_GROUP, GROUPS, VOCABULARY, score_reply
+from .data import FeatureCache, PromptEncoder, Sample, load_features, read_qa, usable
 from .train.card import set_section
 from .train.precision import autocast, resolve_precision
+from .train.recipe import Recipe, dataset_recipe, load_recipe
 
-MAX_NEW_TOKENS = 6
+MAX_NEW_TOKENS = 48
+ALL = "all"
+# not key words: what a reference shares with almost any reply
+STOPWORDS = frozenset(
+    "a an the is are was were be been being am it its it's this that these those there here of in on at to for "
+    "from by with and or but as so do does did has have had i you he she we they them his her their our your "
+    "my me what which who whom when where how why not no yes very just than then also can could would should "
+    "will shall may might must".split()
+)
+_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
+# ---- scoring replies ----
+def normalize(text: str) -> list[str]:
+    """Lower-case words without punctuation or articles, number words as digits."""
+    words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+    return [_NUMBERS.get(w, w) for w in words if w not in ("a", "an", "the")]
+
+
+def key_words(reference: str) -> set[str]:
+    """The reference's content words (all of its words where it has nothing else, e.g. "yes")."""
+    words = normalize(reference)
+    keys = {w for w in words if w not in STOPWORDS}
+    return keys or set(words)
+
+
+def score_reply(reply: str, reference: str) -> dict[str, bool]:
+    got = normalize(reply)
+    return {"match": got == normalize(reference), "keywords": key_words(reference) <= set(got)}
+
+
+def score_replies(records: list[dict], replies: list[str]) -> dict:
+    """Match and key-word shares overall and per `type`: {"overall": {...}, "types": {type: {...}}}."""
+    groups: dict[str, list[dict]] = {}
+    for r, reply in zip(records, replies):
+        s = score_reply(reply, reference(r))
+        for key in (ALL, r.get("type")):
+            if key is not None:
+                groups.setdefault(str(key), []).append(s)
+
+    def share(scores: list[dict]) -> dict:
+        n = len(scores)
+        return {"n": n, "match": sum(s["match"] for s in scores) / max(1, n),
+                "keywords": sum(s["keywords"] for s in scores) / max(1, n)}
+
+    overall = share(groups.pop(ALL, []))
+    return {"overall": overall, "types": {k: share(v) for k, v in sorted(groups.items())}}
+
+
+def reference(record: dict) -> str:
+    """The answer held out: the conversation's last assistant turn."""
+    return [m["content"] for m in record["messages"] if m["role"] == "assistant"][-1]
 
 
 def question_messages(record: dict) -> list[dict]:
     """The conversation up to its last question (the answer to score removed)."""
     messages = record["messages"]
-    return messages[:-1] if messages[-1]["role"] == "assistant" else messages
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last]
 
 
+# ---- the model's answers ----
 @torch.no_grad()
 def clip_tokens(model, cache: FeatureCache, batch_size: int = 32, precision: str = "fp32") -> torch.Tensor:
     """(N, K, H) tokens of every clip in the cache."""
@@ -48,7 +108,7 @@ def answer(
     max_new_tokens: int = MAX_NEW_TOKENS, precision: str = "fp32", tokens: torch.Tensor | None = None,
     progress: bool = True, desc: str = "answering",
 ) -> list[str]:
-    """The model's greedy reply to each record's question; `blind` withholds the clip's tokens."""
+    """The model's greedy reply to each record's last question; `blind` withholds the clip's tokens."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -72,76 +132,39 @@ def answer(
     return replies
 
 
-def one_word_share(replies: list[str]) -> float:
-    """Share of replies that are exactly one vocabulary word (case and end punctuation aside)."""
-    words = [r.strip().strip(".!").lower() for r in replies]
-    return sum(w in VOCABULARY for w in words) / max(1, len(words))
+@torch.no_grad()
+def answer_loss(model, cache: FeatureCache, records: list[dict], blind: bool = False, batch_size: int = 16,
+                precision: str = "fp32") -> float:
+    """Mean cross-entropy of the records' answer tokens (every assistant turn), over batches."""
+    was_training = model.training
+    model.eval()
+    samples = [Sample(None if blind else cache.row(r["video"]), r["messages"]) for r in records]
+    if blind:  # the same conversations, the placeholder dropped
+        samples = [Sample(None, [{**m, "content": m["content"].replace("<video>\n", "").replace("<video>", "")}
+                                 for m in s.messages]) for s in samples]
+    prompts = PromptEncoder(model, samples)
+    total, count = 0.0, 0
+    for start in range(0, len(samples), batch_size):
+        idx = list(range(start, min(start + batch_size, len(samples))))
+        batch = {k: v.to(model.device) for k, v in prompts.batch(idx, cache).items()}
+        with autocast(precision, model.device):
+            total += model(**batch).item() * len(idx)
+        count += len(idx)
+    model.train(was_training)
+    return total / max(1, count)
 
 
-def summarize(records: list[dict], replies: list[str]) -> dict:
-    """Accuracy per family (with n and chance), per group and overall (means over families)."""
-    families: dict[str, dict] = {}
-    for r, reply in zip(records, replies):
-        f = families.setdefault(r["family"], {"group": FAMILY_GROUP[r["family"]], "n": 0, "correct": 0})
-        f["n"] += 1
-        f["correct"] += int(score_reply(reply) == r["answer"])
-    ordered = {}
-    for name in FAMILIES:  # the spec's order
-        if name in families:
-            f = families[name]
-            ordered[name] = {**f, "accuracy": f["correct"] / f["n"], "chance": CHANCE[name]}
-    groups = {}
-    for g in GROUPS:
-        members = [f for f in ordered.values() if f["group"] == g]
-        if members:
-            groups[g] = {
-                "families": len(members), "n": sum(f["n"] for f in members),
-                "accuracy": sum(f["accuracy"] for f in members) / len(members),
-                "chance": sum(f["chance"] for f in members) / len(members),
-            }
-    overall = {
-        "families": len(ordered), "n": sum(f["n"] for f in ordered.values()),
-        "accuracy": sum(f["accuracy"] for f in ordered.values()) / max(1, len(ordered)),
-        "chance": sum(f["chance"] for f in ordered.values()) / max(1, len(ordered)),
-    }
-    return {"families": ordered, "groups": groups, "overall": overall}
-
-
-def format_table(result: dict, blind: dict | None = None) -> str:
-    """A Markdown table: one row per family, then per group, then overall."""
-    head = "| family | group | n | accuracy | blind | chance |\n| --- | --- | ---: | ---: | ---: | ---: |"
-    rows = [head]
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    def blind_of(section: str, key: str) -> float | None:
-        if blind is None:
-            return None
-        part = blind[section] if section == "overall" else blind[section].get(key)
-        return None if part is None else part["accuracy"]
-
-    for name, f in result["families"].items():
-        rows.append(f"| {name} | {f['group']} | {f['n']} | {pct(f['accuracy'])} | "
-                    f"{pct(blind_of('families', name))} | {pct(f['chance'])} |")
-    for name, g in result["groups"].items():
-        rows.append(f"| **{name}** (mean of {g['families']}) | | {g['n']} | {pct(g['accuracy'])} | "
-                    f"{pct(blind_of('groups', name))} | {pct(g['chance'])} |")
-    o = result["overall"]
-    rows.append(f"| **overall** (mean of {o['families']} families) | | {o['n']} | **{pct(o['accuracy'])}** | "
-                f"{pct(blind_of('overall', ''))} | {pct(o['chance'])} |")
-    return "\n".join(rows)
-
-
+# ---- a dataset ----
 def evaluate(
     model, data: str | Path, batch_size: int = 16, limit: int | None = None, blind: bool = True,
-    precision: str = "auto", progress: bool = True, workers: int | None = None,
+    precision: str = "auto", progress: bool = True, workers: int | None = None, recipe: Recipe | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict:
-    """Answer every question of a split (the first `limit` clips), with clip and blind; results as a dict."""
+    """Answer every question of a dataset (the first `limit` clips), with the clip and blind; a dict."""
     data = Path(data)
-    records = [r for r in read_qa(data) if "family" in r]
-    if not records:
-        raise ValueError(f"{data}: no benchmark records (with a `family`) in its qa.jsonl")
+    recipe = recipe or load_recipe(dataset_recipe(data))
+    max_new_tokens = max_new_tokens or recipe.max_new_tokens(MAX_NEW_TOKENS)
+    records = read_qa(data)
     videos = list(dict.fromkeys(r["video"] for r in records))
     if limit is not None:
         if limit < 1:
@@ -151,27 +174,51 @@ def evaluate(
         records = [r for r in records if r["video"] in keep]
     precision = resolve_precision(precision, model.device)
     start = time.perf_counter()
-    cache = load_features(data, model.config, videos=videos, workers=workers, progress=progress)
-    decode_s = time.perf_counter() - start
+    cache = load_features(data, model.config, videos=videos, workers=workers, progress=progress, records=records)
+    records = usable(records, cache)
+    seconds = {"features": round(time.perf_counter() - start, 1)}
     start = time.perf_counter()
-    replies = answer(model, cache, records, batch_size=batch_size, precision=precision, progress=progress,
-                     desc="with the clip")
-    answer_s = time.perf_counter() - start
+    replies = answer(model, cache, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                     precision=precision, progress=progress, desc="with the clip")
     out = {
-        "data": str(data), "clips": len(videos), "questions": len(records), "precision": precision,
-        **summarize(records, replies),
-        "one_word": one_word_share(replies),
-        "seconds": {"features": round(decode_s, 1), "answers": round(answer_s, 1)},
-        "replies": [{"id": r.get("id"), "family": r["family"], "answer": r["answer"], "reply": t}
+        "data": str(data), "clips": len({r["video"] for r in records}), "questions": len(records), "precision": precision,
+        "recipe": recipe.name, "loss": answer_loss(model, cache, records, batch_size=batch_size, precision=precision),
+        **score_replies(records, replies), "seconds": seconds,
+        "replies": [{"id": r.get("id"), "type": r.get("type"), "reference": reference(r), "reply": t}
                     for r, t in zip(records, replies)],
     }
+    out["recipe_score"] = recipe.score(records, replies)
+    seconds["answers"] = round(time.perf_counter() - start, 1)
     if blind:
         start = time.perf_counter()
-        blind_replies = answer(model, cache, records, blind=True, batch_size=batch_size, precision=precision,
-                               progress=progress, desc="blind")
-        out["blind"] = summarize(records, blind_replies)
-        out["seconds"]["blind"] = round(time.perf_counter() - start, 1)
+        blind_replies = answer(model, cache, records, blind=True, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, precision=precision, progress=progress, desc="blind")
+        out["blind"] = {"loss": answer_loss(model, cache, records, blind=True, batch_size=batch_size,
+                                            precision=precision),
+                        **score_replies(records, blind_replies), "recipe_score": recipe.score(records, blind_replies)}
+        seconds["blind"] = round(time.perf_counter() - start, 1)
+    out["recipe_table"] = recipe.report(out["recipe_score"], (out.get("blind") or {}).get("recipe_score"))
     return out
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table: overall, then one row per type; blind beside each share where it was run."""
+    blind = result.get("blind")
+    head = ("| type | n | match | keywords | blind match | blind keywords |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: |")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    def row(name: str, s: dict, b: dict | None) -> str:
+        return (f"| {name} | {s['n']} | {pct(s['match'])} | {pct(s['keywords'])} | "
+                f"{pct(b and b['match'])} | {pct(b and b['keywords'])} |")
+
+    rows = [head, row("**overall**", result["overall"], blind and blind["overall"])]
+    for name, s in result["types"].items():
+        rows.append(row(name, s, blind and blind["types"].get(name)))
+    loss = f"Answer loss {result['loss']:.3f}" + (f" (blind {blind['loss']:.3f})" if blind else "") + "."
+    return "\n".join(rows) + "\n\n" + loss
 
 
 def cli(args) -> int:
@@ -179,48 +226,54 @@ def cli(args) -> int:
     from .bundle import BundleError
 
     if not (Path(args.data) / "qa.jsonl").is_file():
-        print(f"error: {Path(args.data) / 'qa.jsonl'} does not exist: make a split with "
-              f"`vqa synth --out {args.data} --clips N --seed S`", file=sys.stderr)
+        print(f"error: {Path(args.data) / 'qa.jsonl'} does not exist: a dataset is a folder with a qa.jsonl "
+              f"(`vqa data convert` makes one from public sets, `vqa synth` an AVSynth split)", file=sys.stderr)
         return 2
     try:
+        recipe = load_recipe(args.recipe or dataset_recipe(args.data))
         qa = VideoQA.from_pretrained(args.adapter)
-    except (BundleError, OSError) as e:
+    except (BundleError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     card = Path(qa.source) / "README.md"
     if args.card and not card.is_file():  # said before the evaluation, not after it
         print(f"error: {card} does not exist: --card needs a bundle folder with a model card", file=sys.stderr)
         return 2
-    result = evaluate(qa.model, args.data, batch_size=args.batch_size, limit=args.limit, blind=not args.no_blind)
+    result = evaluate(qa.model, args.data, batch_size=args.batch_size, limit=args.limit, blind=not args.no_blind,
+                      recipe=recipe, max_new_tokens=args.max_new_tokens)
     result["adapter"] = qa.source
     print(f"{qa.source} on {args.data}: {result['clips']} clips, {result['questions']} questions "
           f"({result['precision']}; {sum(result['seconds'].values()):.0f} s)")
-    print(format_table(result, result.get("blind")))
-    print(f"replies that are exactly one answer word: {100 * result['one_word']:.1f}%")
+    print(format_table(result))
+    if result["recipe_table"]:
+        print(f"\n{recipe.name}:\n{result['recipe_table']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.card:
-        set_section(card, "Test split", card_section(result, _command(args)))
+        set_section(card, "Test split" if result["recipe_table"] else "Evaluation",
+                    card_section(result, _command(args)))
         print(f"wrote the table into {card}")
     return 0
 
 
 def card_section(result: dict, command: str) -> str:
-    """The model card's test section: what was evaluated, the table, and the command that made it."""
+    """The model card's evaluation section: what was evaluated, the tables, and the command that made them."""
     blind = " \"blind\" is the same model with the clip's tokens withheld." if "blind" in result else ""
-    return (f"`{result['data']}`: {result['clips']} clips, {result['questions']} questions, every applicable "
-            f"family of each clip.{blind}\n\n{format_table(result, result.get('blind'))}\n\n"
-            f"Replies that are exactly one answer word: {100 * result['one_word']:.1f}%.\n\n"
-            f"```\n{command}\n```")
+    text = f"`{result['data']}`: {result['clips']} clips, {result['questions']} questions.{blind}\n\n"
+    if result["recipe_table"]:
+        text += f"{result['recipe_table']}\n\nEvery question, scored as free-form answers:\n\n"
+    return text + f"{format_table(result)}\n\n```\n{command}\n```"
 
 
 def _command(args) -> str:
     """The `vqa eval` command line that reproduces a run (without --card)."""
     parts = ["vqa eval"] + ([f"--adapter {args.adapter}"] if args.adapter else []) + [f"--data {args.data}"]
+    parts += [f"--recipe {args.recipe}"] if args.recipe else []
     parts += [f"--json {args.json}"] if args.json else []
     parts += [f"--batch-size {args.batch_size}"] if args.batch_size != 16 else []
     parts += [f"--limit {args.limit}"] if args.limit is not None else []
+    parts += [f"--max-new-tokens {args.max_new_tokens}"] if args.max_new_tokens else []
     parts += ["--no-blind"] if args.no_blind else []
     return " ".join(parts)

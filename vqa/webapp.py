@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
 
+import importlib
 import logging
 import threading
 import time
@@ -20,13 +21,14 @@ import gradio as gr
 import numpy as np
 
 from . import bundle
-from .examples import cache_dir, example_clips
 
 log = logging.getLogger(__name__)
 
 UNTRAINED = "untrained"
 # Serving limits; environment variables override them.
 MAX_UPLOAD_MB = int(os.environ.get("VQA_MAX_UPLOAD_MB", 200))
+# a function giving the page's (clip, question) examples, as "module:function" (empty: none)
+EXAMPLES = os.environ.get("VQA_EXAMPLES", "vqa.avsynth.examples:example_clips")
 MAX_DURATION_S = float(os.environ.get("VQA_MAX_DURATION_S", 600))
 CONCURRENCY = int(os.environ.get("VQA_CONCURRENCY", 2))  # model calls at once; more wait in the queue
 QUEUE_SIZE = 64
@@ -339,7 +341,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
         MODELS.get(model)
     DEFAULT["model"] = model
     features.warmup()
-    examples = example_clips()
+    examples = page_examples()
     choices = MODELS.choices()
     if model not in choices:
         choices.insert(0, model)
@@ -361,7 +363,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
                 new_btn = gr.Button("New clip", variant="secondary")
                 if examples:
                     gr.Examples([[str(p), q] for p, q in examples], inputs=[video, question],
-                                label="AVSynth examples: click one", cache_examples=False)
+                                label="Examples: click one", cache_examples=False)
                 with gr.Accordion("Model and generation", open=False):
                     picker = gr.Dropdown(choices, value=model, label="Model (bundles in adapters/)")
                     max_new_tokens = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
@@ -399,6 +401,18 @@ def build_demo(model: str | None = None) -> gr.Blocks:
     return demo
 
 
+def page_examples() -> list[tuple[Path, str]]:
+    """The (clip, question) pairs the page offers, from the EXAMPLES function; none where it fails."""
+    if not EXAMPLES:
+        return []
+    module, _, func = EXAMPLES.partition(":")
+    try:
+        return list(getattr(importlib.import_module(module), func)())
+    except Exception as e:  # examples are a convenience: never stop the app for them
+        log.warning("no examples: %s failed: %s", EXAMPLES, e)
+        return []
+
+
 def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None) -> None:
     """Serve the app (port: `port`, else $GRADIO_SERVER_PORT, else 7860), print its URL, and block."""
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
@@ -406,7 +420,7 @@ def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | N
     demo = demo or build_demo()
     _, url, _ = demo.launch(
         server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
-        allowed_paths=[str(cache_dir() / "examples")], ssr_mode=False, run_history=False, prevent_thread_lock=True,
+        allowed_paths=sorted({str(p.parent) for p, _ in page_examples()}), ssr_mode=False, run_history=False, prevent_thread_lock=True,
         quiet=True,
     )
     print(f"vqa web chat running at {url}", flush=True)

@@ -23,7 +23,6 @@ from torch import nn
 
 from ..config import EncoderConfig, MediaConfig, ModelConfig
 from .audio import AudioBranch, audio_grid, audio_problems
-from ..caption import source_pointer
 from .summary import SummaryTokens
 from .video import VideoBranch, video_problems
 
@@ -143,7 +142,7 @@ class AVEncoder(nn.Module):
             self.audio.grid if self.audio is not None else None,
         )
         self.summary = (SummaryTokens(enc, media.num_frames, self.audio.grid if self.audio is not None else None,
-                                      source_pointer() if enc.source_pointer else None)
+                                      enc.pointer)
                         if enc.summary_tokens else None)
 
     @classmethod

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..caption import PointerLayout
-from ..config import EncoderConfig
+from ..config import EncoderConfig, PointerConfig
 from .layers import MLP, Attention, init_weights
 
 
@@ -58,7 +57,7 @@ class SummaryBlock(nn.Module):
 
 
 class SlotPointer(nn.Module):
-    """Output slots that become a copy of one candidate's slots (a layout from vqa.caption).
+    """Output slots that become a copy of one candidate's slots (the layout `EncoderConfig.pointer`).
 
     Each candidate is scored by one linear map of its key token, "none" by another of the none-key token;
     the softmax over those scores weighs the candidates' value tokens (and, for none, the output slot's own
@@ -66,11 +65,11 @@ class SlotPointer(nn.Module):
 
     It reads the tokens detached and starts at zero without drawing random numbers, so it changes nothing
     in how the rest of the encoder is initialised or learns: training teaches the slots' own tokens their
-    words as before (vqa.train.pretrain.Heads) and fits the two scores in a stage of their own. Taught only
+    words as before (AVSynth: vqa.avsynth.pretrain.Heads) and fits the two scores in a stage of their own. Taught only
     through the copies, the slots' own queries stop learning which object beeps, and every colour's beep
-    count stalled at 91-94 % (docs/training.md)."""
+    count stalled below the rest (docs/training.md)."""
 
-    def __init__(self, dim: int, layout: PointerLayout):
+    def __init__(self, dim: int, layout: PointerConfig):
         super().__init__()
         self.layout = layout
         self.score = nn.Linear(dim, 1, device="meta").to_empty(device="cpu")  # meta: no random init drawn
@@ -107,7 +106,7 @@ class SummaryTokens(nn.Module):
     token and the bottlenecks."""
 
     def __init__(self, enc: EncoderConfig, num_frames: int, audio_grid: tuple[int, int] | None = None,
-                 pointer: PointerLayout | None = None):
+                 pointer: PointerConfig | None = None):
         super().__init__()
         D = enc.width
         self.audio_grid = audio_grid  # (Fm, Ft) of the audio patches, where there is an audio branch
@@ -140,7 +139,7 @@ class SummaryTokens(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor], own: bool = False):
         """(B, Q, D); with `own`, also the pointer's output slots as their own queries made them (B, S, D),
-        which training teaches the same words (vqa.train.pretrain.Heads)."""
+        which training teaches the same words (vqa.avsynth.pretrain.Heads)."""
         B = next(iter(features.values())).shape[0]
         x = self.frames_then_time(features) if "video" in features else self.queries.expand(B, -1, -1)
         memory = []

@@ -24,13 +24,13 @@ def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: di
         f"patch {enc.patch_size}, {enc.patch_stem} stem), "
         f"audio depth {enc.audio_depth}, fusion {enc.fusion}; {enc.num_tokens} clip tokens"
         + (f", the last {enc.summary_tokens} of them summary tokens" if enc.summary_tokens else "")
-        + (" (the slots naming the sounding object copy that colour's slots: source_pointer)"
-           if enc.source_pointer else ""),
+        + (f" ({len(enc.pointer.outs)} of them copy another's slots: a slot pointer)" if enc.pointer else ""),
         f"- projector: MLP {enc.width} -> {model.projector_hidden} -> LLM hidden size",
         "",
         "## Training",
         "",
-        f"Data: `{train.data.train}` (validation `{train.data.val}`).",
+        f"Data: `{train.data.train}` (validation "
+        + (f"`{train.data.val}`)." if train.data.val else f"{100 * train.data.val_fraction:g} % of its clips, held out)."),
         "",
         "| stage | kind | trains | steps | batch | lr |",
         "| --- | --- | --- | ---: | ---: | ---: |",
@@ -42,11 +42,20 @@ def write_card(folder: Path, model: ModelConfig, train: TrainConfig, summary: di
         "",
         f"Trained in {summary['train_seconds'] / 60:.1f} min on {summary.get('processes', 1)} process(es), "
         f"precision {summary.get('precision')}"
-        + (f", with `vqa train --config {summary['config_path']}`." if summary.get("config_path") else "."),
+        + (f", with `vqa train --config {summary['config_path']}`." if summary.get("config_path") else ".")
+        + (f" Made by:\n\n```\n{summary['command']}\n```" if summary.get("command") else ""),
     ]
     if last_val:
-        lines += ["", f"Last validation accuracy ({last_val['stage']}, step {last_val['step']}): "
-                      f"{100 * last_val['accuracy']:.1f}%."]
+        lines += ["", "## Validation", "", f"Last validation ({last_val['stage']}, step {last_val['step']}): "
+                  f"accuracy {100 * last_val['accuracy']:.1f}%"
+                  + (f", answer loss {last_val['loss']:.3f}." if "loss" in last_val else ".")]
+        if "types" in last_val:
+            lines += ["", "| type | match | keywords |", "| --- | ---: | ---: |",
+                      f"| **overall** | {100 * last_val['match']:.1f} | {100 * last_val['keywords']:.1f} |"]
+            lines += [f"| {k} | {100 * v['match']:.1f} | {100 * v['keywords']:.1f} |"
+                      for k, v in last_val["types"].items()]
+            lines += ["", "match: the reply equals the reference, normalised; keywords: every key word of the "
+                      "reference is in the reply (vqa.evaluate)."]
     lines += ["", "## Config", "", "```json", json.dumps({"model": model.to_dict(), "train": train.to_dict()}, indent=1),
               "```", ""]
     path = Path(folder) / "README.md"

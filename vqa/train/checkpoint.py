@@ -122,3 +122,40 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     weights = load_file(str(folder / WEIGHTS))
     opt = torch.load(folder / OPTIMIZER, weights_only=True)
     return weights, opt, state
+
+
+# ---- what a run saves and resumes ----
+def trained_tensors(parts: dict, encoder: torch.nn.Module, task=None) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds, by name: every part's parameters, and the buffers training changes (batch-norm
+    statistics); non-persistent buffers (a caption head's word embeddings) are rebuilt, not saved."""
+    named = {name: p for pairs in parts.values() for name, p in pairs}
+    return {**named, **_buffers(encoder, "encoder."), **_buffers(getattr(task, "heads", None), "heads.")}
+
+
+def _buffers(module: torch.nn.Module | None, prefix: str) -> dict[str, torch.Tensor]:
+    if module is None:
+        return {}
+    persistent = module.state_dict().keys()
+    return {prefix + n: b for n, b in module.named_buffers() if n in persistent}
+
+
+def resume(folder: Path, tensors: dict[str, torch.Tensor], world_size: int) -> tuple[dict, dict]:
+    """Load a checkpoint's weights into `tensors`; (progress, {"step", "position", "optimizer", "scheduler",
+    "checkpoint"} for the stage in progress)."""
+    weights, opt_state, saved = load(folder)
+    missing, unexpected = sorted(set(tensors) - set(weights)), sorted(set(weights) - set(tensors))
+    if missing or unexpected:
+        raise RuntimeError(f"{folder} does not fit this model: missing {missing[:3]} ({len(missing)}), "
+                           f"unexpected {unexpected[:3]} ({len(unexpected)}); was the config changed?")
+    with torch.no_grad():
+        for name, p in tensors.items():
+            if p.shape != weights[name].shape:
+                raise RuntimeError(f"{folder}: {name} has shape {tuple(weights[name].shape)}, "
+                                   f"the model {tuple(p.shape)}")
+            p.copy_(weights[name])
+    if saved["world_size"] != world_size:
+        raise RuntimeError(f"{folder} was written by {saved['world_size']} processes, this run has {world_size}: "
+                           f"resume with the same number (the data order depends on it)")
+    progress = saved["progress"]
+    return progress, {"step": progress["step"], "position": progress["position"], "checkpoint": folder,
+                      **opt_state}

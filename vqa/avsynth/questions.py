@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vqa.config import VIDEO_PLACEHOLDER
-from vqa.synth.scene import COLORS, QUESTIONS, SHAPES, clip_rng, sounding_object
+from vqa.avsynth.scene import COLORS, QUESTIONS, SHAPES, clip_rng, sounding_object
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 VOCABULARY = (
@@ -225,7 +225,8 @@ def build_qa(metas: list[dict], seed: int, canonical: bool = False) -> list[dict
         rng = clip_rng(seed, index, QUESTIONS)
         for q in questions_for(meta, rng, canonical=canonical, balancer=balancer):
             records.append({
-                "id": f"{meta['id']}-{q['family']}", "clip": meta["id"], "family": q["family"], "group": q["group"],
+                "id": f"{meta['id']}-{q['family']}", "clip": meta["id"], "family": q["family"], "type": q["family"],
+                "group": q["group"],
                 "answer": q["answer"], "video": meta["video"],
                 "conversations": [
                     {"from": "human", "value": f"{VIDEO_PLACEHOLDER}\n{q['question']}"},

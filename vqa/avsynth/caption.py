@@ -1,7 +1,7 @@
 """The caption: what the encoder's summary tokens hold, one AVSynth metadata word per token.
 
 Summary token i, through the projector, is taught to land on the LLM's embedding of caption slot i's word
-(vqa.train.pretrain), in a fixed order that reads like a terse description: "three red circle left two
+(vqa.avsynth.pretrain), in a fixed order that reads like a terse description: "three red circle left two
 green none none zero ... yes two high red circle left circle red square none triangle blue". Answering a
 question is then reading words, which the LLM already does.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .synth.questions import COUNT_ANSWERS, DIRECTION_ANSWERS
-from .synth.scene import COLORS, SHAPES
+from ..config import PointerConfig
+from .questions import COUNT_ANSWERS, DIRECTION_ANSWERS
+from .scene import COLORS, SHAPES
 
 NONE = "none"
 PRESENT = ("no", "yes")
@@ -70,28 +71,15 @@ def answer_slot(family: str, question: str) -> int:
     return SLOT_INDEX[pattern.format(**fields)]
 
 
-@dataclass(frozen=True)
-class PointerLayout:
-    """Slots that copy one candidate's slot (summary.SlotPointer), as summary-token indices.
-
-    Candidate k is chosen by a score read off its `keys[k]` token, or none of them by a score read off
-    `none_key`; then output slot `outs[j]` becomes a copy of `values[j][k]`, or stays itself for none."""
-    keys: tuple[int, ...]
-    none_key: int
-    outs: tuple[int, ...]
-    values: tuple[tuple[int, ...], ...]
-
-
-def source_pointer() -> PointerLayout:
+def source_pointer() -> PointerConfig:
     """The beeping object's slots point at one colour's slots, chosen by that colour's beep count.
 
     Learned on their own, these slots stayed at 70-80 % while every colour's beep count, shape and motion
     reached 95-100 %: which object beeps is already known per colour, so the source slots copy it."""
     at = SLOT_INDEX
-    return PointerLayout(
-        keys=tuple(at[f"{c}.beeps"] for c in COLORS),
+    return PointerConfig(
+        keys=[at[f"{c}.beeps"] for c in COLORS],
         none_key=at["beep_exists"],
-        outs=(at["source_color"], at["source_shape"], at["source_motion"]),
-        values=(tuple(at[c] for c in COLORS), tuple(at[f"{c}.shape"] for c in COLORS),
-                tuple(at[f"{c}.motion"] for c in COLORS)),
+        outs=[at["source_color"], at["source_shape"], at["source_motion"]],
+        values=[[at[c] for c in COLORS], [at[f"{c}.shape"] for c in COLORS], [at[f"{c}.motion"] for c in COLORS]],
     )

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..caption import CAPTION, NONE, PRESENT, Target
-from ..synth.questions import COUNT_ANSWERS, DIRECTION_ANSWERS, NUMBER_WORDS, motion_word
-from ..synth.scene import COLORS, PULSE_SCALE, SHAPES, SIZE, sounding_object
-from ..synth.scene import SIZES as SIZE_PX
+from .caption import CAPTION, NONE, PRESENT, Target
+from .questions import COUNT_ANSWERS, DIRECTION_ANSWERS, NUMBER_WORDS, motion_word
+from .scene import COLORS, PULSE_SCALE, SHAPES, SIZE, sounding_object
+from .scene import SIZES as SIZE_PX
 
 IGNORE = -100
 SIZES = ("small", "large")
@@ -98,7 +98,7 @@ def labels(meta: dict) -> torch.Tensor:
     return out
 
 
-# ---- the caption (vqa.caption): summary tokens projected into the LLM's input space, one word each ----
+# ---- the caption (vqa.avsynth.caption): summary tokens projected into the LLM's input space, one word each ----
 # caption logits are minus squared distances over this (in units of the words' mean squared norm)
 CAPTION_TEMPERATURE = 0.1
 # what a slot holds where its target does not apply: an absent colour, no beep, a shape seen twice
@@ -243,7 +243,7 @@ class Heads(nn.Module):
         self.dense = DenseHeads(width) if dense else None
         self.caption = caption
         self.caption_start = caption_start  # index of the first summary token
-        # caption slots an encoder's pointer replaces (vqa.caption.source_pointer): the heads and the caption
+        # caption slots an encoder's pointer replaces (vqa.avsynth.caption.source_pointer): the heads and the caption
         # read them as the slots' own queries made them, so the encoder learns exactly as without a pointer;
         # the pointer's copies are scored apart ("caption_pointer"), which trains only the pointer
         self.pointer_slots = tuple(pointer_slots)

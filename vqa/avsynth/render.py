@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vqa.synth.scene import (
+from vqa.avsynth.scene import (
     BACKGROUND, BEEP_AMPLITUDE, COLORS, FPS, NOISE_AMPLITUDE, NUM_FRAMES, PITCHES, PIXEL_NOISE,
     RAMP_S, SAMPLE_RATE, SIZE, frame_boxes, sounding_object,
 )

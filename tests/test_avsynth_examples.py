@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from vqa.examples import INDEX, example_clips
-from vqa.synth.describe import DESCRIBE_QUESTIONS
+from vqa.avsynth.examples import INDEX, example_clips
+from vqa.avsynth.describe import DESCRIBE_QUESTIONS
 
 
 def test_examples_are_generated_once_with_varied_questions(tmp_path):
@@ -29,7 +29,7 @@ def test_a_broken_index_is_regenerated_and_a_failed_generation_gives_none(tmp_pa
     (folder / INDEX).write_text("{not json")
     assert len(example_clips(folder, n=2, seed=5)) == 2
 
-    import vqa.examples as examples
+    import vqa.avsynth.examples as examples
 
     monkeypatch.setattr(examples, "_generate", lambda *a: (_ for _ in ()).throw(RuntimeError("no encoder")))
     assert example_clips(tmp_path / "other", n=2, seed=5) == []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .synth.describe import DESCRIBE_QUESTIONS
+from .describe import DESCRIBE_QUESTIONS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ FAMILIES = ["source_color", "count_beeps", "motion_of", "describe", "shape_of", 
 
 def cache_dir() -> Path:
     """vqa's cache folder, where the converted LLM also lives ($VQA_CACHE_DIR, else ~/.cache/vqa)."""
-    from .llm import cache_root
+    from ..llm import cache_root
 
     return cache_root()
 

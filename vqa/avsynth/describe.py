@@ -1,6 +1,6 @@
 """A clip's description in plain sentences, from its metadata: the answer taught for "Describe this clip."
 
-It says only what the caption (vqa.caption) holds: how many objects, each one's colour, shape and motion
+It says only what the caption (vqa.avsynth.caption) holds: how many objects, each one's colour, shape and motion
 (in the caption's colour order), which one beeps, how often and at which pitch. Sizes and silent pulses
 are left out: the encoder's caption does not spell them, so the LLM could only guess them.
 """

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vqa.synth.questions import answer_distribution, balance_problems, build_qa, format_distribution
-from vqa.synth.scene import RENDER, clip_meta, clip_rng
+from vqa.avsynth.questions import answer_distribution, balance_problems, build_qa, format_distribution
+from vqa.avsynth.scene import RENDER, clip_meta, clip_rng
+from vqa.train.recipe import DATASET_FILE
 
 META_FILE = "meta.jsonl"
 QA_FILE = "qa.jsonl"
@@ -27,7 +28,7 @@ STRICT_BALANCE_CLIPS = 300
 
 
 def _make_clip(job: tuple[str, int, int]) -> dict:
-    from vqa.synth.render import render_clip  # PyAV only where pixels are made
+    from vqa.avsynth.render import render_clip  # PyAV only where pixels are made
 
     out, seed, index = job
     meta = clip_meta(seed, index)
@@ -66,6 +67,7 @@ def generate(out: str | Path, num_clips: int, seed: int, workers: int | None = N
     with open(out / QA_FILE, "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
+    (out / DATASET_FILE).write_text(json.dumps({"recipe": "vqa.avsynth"}) + "\n")  # scored by its family table
     return answer_distribution(records)
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from vqa.cli import main as vqa_main
-from vqa.synth import scene as S
-from vqa.synth.generate import generate
-from vqa.synth.questions import (
+from vqa.avsynth import scene as S
+from vqa.avsynth.generate import generate
+from vqa.avsynth.questions import (
     CHANCE, FAMILIES, FAMILY_GROUP, NUMBER_WORDS, VOCABULARY, answer_distribution, balance_problems, build_qa, questions_for,
     score_reply,
 )
-from vqa.synth.render import render_audio, render_frames
+from vqa.avsynth.render import render_audio, render_frames
 
 SEED = 5
 NUM_RENDERED = 18
@@ -532,7 +532,7 @@ def test_generate_rejects_bad_arguments(tmp_path, clips, seed, workers, message)
 
 
 def test_description_states_every_fact_the_caption_holds(planned):
-    from vqa.synth.describe import describe, facts
+    from vqa.avsynth.describe import describe, facts
 
     texts = [describe(m) for m in planned]
     assert len(set(texts)) > len(planned) // 2  # clips differ, so do their descriptions
