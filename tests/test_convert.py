@@ -91,7 +91,7 @@ def test_music_avqa_malformed_record_names_file_and_index(tmp_path):
     src = broken_copy(tmp_path, "music-avqa", lambda rs: rs[2].pop("anser"))
     with pytest.raises(ConvertError, match=r"avqa-test\.json: record \[2\]: no field 'anser'"):
         convert("music-avqa", src, tmp_path / "out")
-    assert not (tmp_path / "out" / "qa.jsonl").exists()  # nothing half-written
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_music_avqa_template_values_must_match_the_placeholders(tmp_path):

@@ -80,12 +80,12 @@ class ClipFinder:
     def __init__(self, folder: Path):
         self.folder = folder
         self._by_stem: dict[str, Path] | None = None
+        self._found: dict[tuple[str, ...], Path | None] = {}  # public sets ask many questions per clip
 
-    def find(self, names: Iterable[str]) -> Path | None:
-        for name in names:
-            if found := self._find_one(name):
-                return found
-        return None
+    def find(self, names: tuple[str, ...]) -> Path | None:
+        if names not in self._found:
+            self._found[names] = next(filter(None, map(self._find_one, names)), None)
+        return self._found[names]
 
     def _find_one(self, name: str) -> Path | None:
         suffix = Path(name).suffix.lower()
@@ -143,6 +143,7 @@ def record(sample: Sample, video: str) -> dict:
 def write(format: str, samples: Iterable[Sample], out: Path, videos: Path) -> Summary:
     """Write out/qa.jsonl from the samples whose clip is found under `videos`; `video` paths are
     relative to `out`. The file appears only once every sample has been read without error."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "qa.jsonl"
     summary = Summary(format, path, videos)
@@ -162,4 +163,6 @@ def write(format: str, samples: Iterable[Sample], out: Path, videos: Path) -> Su
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        if created and not path.exists():
+            out.rmdir()  # a failed run leaves no trace
     return summary
