@@ -191,6 +191,15 @@ def test_csv_clips_relative_to_the_csv_by_default(tmp_path):
     assert [r["type"] for r in records] == ["object", "audio", "counting"]
 
 
+def test_csv_clip_named_exactly_may_have_any_extension(tmp_path):
+    make_clips(tmp_path, "clips/interview.mov", "clips/interview.mp4.bak")
+    (tmp_path / "qa.csv").write_text("clip,question,answer\nclips/interview.mov,Who speaks?,a reporter\n"
+                                     "clips/interview.mp4,Who listens?,nobody\n")
+    summary = convert("csv", tmp_path / "qa.csv", tmp_path / "out")
+    assert (summary.written, summary.missing) == (1, ["qa.csv:3"])
+    assert read_qa(tmp_path / "out")["qa.csv:2"]["video"] == "../clips/interview.mov"
+
+
 def test_csv_malformed_header_and_row(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("clip,question,reply\na.mp4,What?,yes\n")

@@ -88,10 +88,10 @@ class ClipFinder:
         return self._found[names]
 
     def _find_one(self, name: str) -> Path | None:
+        if (self.folder / name).is_file():  # named exactly, whatever its extension
+            return self.folder / name
         suffix = Path(name).suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
-            if (self.folder / name).is_file():
-                return self.folder / name
             name = name[: -len(suffix)]
         for ext in VIDEO_EXTENSIONS:
             if (self.folder / (name + ext)).is_file():
