@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "vqa.train.loop:cli",
     "eval": "vqa.evaluate:cli",
     "serve": "vqa.serve:cli",
+    "data": "vqa.convert:cli",
 }
 
 
@@ -72,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     p.add_argument("--adapter", default=None, help="bundle name in adapters/ or folder (default: adapters/avsynth)")
     p.add_argument("--untrained", action="store_true", help="serve the base LLM with an untrained encoder")
+
+    from .convert import FORMATS  # standard library only: --help stays instant
+
+    p = sub.add_parser("data", help="dataset tools (`vqa data convert`: public QA sets or a CSV -> qa.jsonl)")
+    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data.add_parser("convert", help="write a dataset folder's qa.jsonl from a public QA set or a CSV",
+                        description="Formats and where their videos come from: docs/datasets.md")
+    p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=", ".join(FORMATS))
+    p.add_argument("src", metavar="SRC", help="the annotation file (ActivityNet-QA: its *_q.json or *_a.json)")
+    p.add_argument("out", metavar="OUT", help="dataset folder to write (OUT/qa.jsonl)")
+    p.add_argument("--videos", metavar="DIR", default=None, help="folder holding the clips (default: SRC's folder)")
     return parser
 
 
