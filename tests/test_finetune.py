@@ -100,7 +100,7 @@ def test_finetune_on_own_clips_writes_a_bundle_that_answers(dataset, base_bundle
     assert code == 0, capsys.readouterr().err
     log = log_of(out)
     losses = [r["loss"] for r in log if r["type"] == "train"]
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
     val = [r for r in log if r["type"] == "val"]
     assert val and {"loss", "match", "keywords", "types", "accuracy"} <= set(val[-1])
     assert set(val[-1]["types"]) <= {"color", "motion"} and val[-1]["types"]

@@ -74,8 +74,8 @@ def answer_slot(family: str, question: str) -> int:
 def source_pointer() -> PointerConfig:
     """The beeping object's slots point at one colour's slots, chosen by that colour's beep count.
 
-    Learned on their own, these slots stayed at 70-80 % while every colour's beep count, shape and motion
-    reached 95-100 %: which object beeps is already known per colour, so the source slots copy it."""
+    Learned on their own, these slots stayed well below every colour's beep count, shape and motion
+    (docs/training.md): which object beeps is already known per colour, so the source slots copy it."""
     at = SLOT_INDEX
     return PointerConfig(
         keys=[at[f"{c}.beeps"] for c in COLORS],

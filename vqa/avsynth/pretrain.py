@@ -177,8 +177,8 @@ def caption_accuracy(logits: list[torch.Tensor], y: torch.Tensor) -> dict[str, f
 # Each patch of each frame is told which object's centre lies in it (colour and shape: colours are unique in
 # a clip, so the colour-shape pairs of a clip never collide when the patches are pooled into tokens), which way
 # that object moves, and whether it is the one that beeps: hundreds of targets per clip where the clip-level
-# ones give ~80. With them (and the conv stem) the default recipe's shape targets reach 60 % after 1,300
-# steps, where the clip-level ones alone stayed near chance (41 % on three shapes after 900).
+# ones give ~80. With them (and the conv stem) the shape targets are learned where the clip-level ones alone
+# stayed near chance (docs/training.md).
 BACKGROUND = 0
 PATCH_TARGETS = (
     Target("patch.object", ("background",) + tuple(f"{c}-{s}" for c in COLORS for s in SHAPES)),
