@@ -185,6 +185,9 @@ class ModelConfig:
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     projector_hidden: int = 1024
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # the LLM also reads what pretrained perception found (vqa.perception: transcript, sounds, concepts) as a
+    # text block of at most this many tokens after the clip tokens; 0: it reads the clip tokens alone
+    perception_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

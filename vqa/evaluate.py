@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import FeatureCache, PromptEncoder, Sample, load_features, read_qa, usable
+from .data.perception import add_perception
 from .train.card import set_section
 from .train.precision import autocast, resolve_precision
 from .train.recipe import Recipe, dataset_recipe, load_recipe
@@ -175,7 +176,7 @@ def evaluate(
     precision = resolve_precision(precision, model.device)
     start = time.perf_counter()
     cache = load_features(data, model.config, videos=videos, workers=workers, progress=progress, records=records)
-    records = usable(records, cache)
+    records = add_perception(data, usable(records, cache), model.config, model.tokenizer, progress)
     seconds = {"features": round(time.perf_counter() - start, 1)}
     start = time.perf_counter()
     replies = answer(model, cache, records, batch_size=batch_size, max_new_tokens=max_new_tokens,

@@ -14,6 +14,8 @@ import torch
 from .. import bundle
 from ..config import ModelConfig
 from ..data import load_features, read_qa, split_holdout, usable
+from ..data.perception import add_perception
+from ..domain import fit_domain
 from . import checkpoint
 from .card import write_card
 from .config import TrainConfig, load_config
@@ -78,6 +80,9 @@ def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=No
     model = VideoLLM(model_config, llm, tokenizer)
     if config.init_from:
         bundle.load_weights(model, config.init_from)
+    with accelerator.main_process_first():  # the perception text the LLM reads, where it reads one
+        train_records = add_perception(config.data.train, train_records, model_config, tokenizer, show)
+        val_records = add_perception(val_folder, val_records, model_config, tokenizer, show)
     task = (recipe.pretrain(model, model_config, config, train_cache, val_cache, val_records)
             if any(s.kind == "pretrain" for s in config.stages) else None)
     run = Run(accelerator, model, model_config, config, recipe, task, train_records, train_cache, val_records,
@@ -110,8 +115,10 @@ def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=No
         seconds = time.perf_counter() - run.started
         summary = {"train_seconds": round(seconds, 1), "processes": accelerator.num_processes,
                    "precision": precisions, "config_path": config_path, "command": command}
+        domain = fit_domain(model, train_cache)  # what "a clip like the training clips" means (vqa.domain)
         for folder in [out / "final"] + ([Path(config.export)] if config.export else []):
             bundle.save_bundle(model, folder)
+            domain.save(folder)
             write_card(folder, model_config, config, summary, last_val(out / LOG))
         run.log.write({"type": "end", **summary})
         plot_curves(out / LOG, out / PLOT)

@@ -1,0 +1,87 @@
+"""Is a clip like the ones a bundle was trained on? A simple out-of-domain signal over the clip tokens.
+
+Training ends by describing its clips' encoder tokens: per clip, the tokens averaged over the sequence
+give one vector (H); the training clips' mean and standard deviation per dimension, and the distance
+(root mean squared z-score) below which `QUANTILE` of them fall. A new clip farther than that
+`threshold` is out of domain: its tokens are unlike anything the projector and LoRA learned to read, so
+answers drawn from them are guesses. The API and the web page say so.
+
+Notation: N clips, K clip tokens, H width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DOMAIN_NAME = "domain.safetensors"
+QUANTILE = 0.99
+MARGIN = 1.5  # the threshold is this times the training clips' QUANTILE distance: room for unseen clips
+
+
+@dataclass
+class Domain:
+    mean: torch.Tensor  # (H,)
+    std: torch.Tensor  # (H,)
+    threshold: float
+
+    @classmethod
+    def fit(cls, tokens: torch.Tensor) -> "Domain":
+        """From the training clips' tokens (N, K, H)."""
+        if tokens.shape[0] < 2:
+            raise ValueError(f"describing a domain needs at least 2 clips, got {tokens.shape[0]}")
+        pooled = tokens.float().mean(1)  # (N, H)
+        mean, std = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
+        d = _distance(pooled, mean, std)
+        return cls(mean, std, MARGIN * float(torch.quantile(d, QUANTILE)))
+
+    def distance(self, tokens: torch.Tensor) -> float:
+        """A clip's distance from the training clips, for its tokens (K, H)."""
+        return float(_distance(tokens.float().mean(0, keepdim=True), self.mean, self.std)[0])
+
+    def contains(self, tokens: torch.Tensor) -> bool:
+        return self.distance(tokens) <= self.threshold
+
+    def save(self, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"mean": self.mean.contiguous(), "std": self.std.contiguous()}
+        save_file(tensors, str(Path(folder) / DOMAIN_NAME), metadata={"threshold": repr(self.threshold)})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Domain | None":
+        """The bundle's domain, or None where it has none (bundles made before this signal)."""
+        from safetensors import SafetensorError, safe_open
+
+        from .bundle import BundleError
+
+        path = Path(folder) / DOMAIN_NAME
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                threshold = float(f.metadata()["threshold"])
+                return cls(f.get_tensor("mean"), f.get_tensor("std"), threshold)
+        except (SafetensorError, KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{path}: not a valid domain description: {e}") from e
+
+
+def _distance(pooled: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N,) root mean squared z-score of each row of pooled (N, H)."""
+    return ((pooled - mean) / std).pow(2).mean(-1).sqrt()
+
+
+@torch.no_grad()
+def fit_domain(model, cache, clips: int = 512, batch_size: int = 32) -> Domain:
+    """The domain of the first `clips` clips of a feature cache, through the model's encoder and projector."""
+    from .evaluate import clip_tokens
+    from .data import FeatureCache
+
+    n = min(clips, len(cache))
+    subset = FeatureCache(cache.videos[:n], cache.frames[:n], cache.mel[:n])
+    was_training = model.training
+    model.eval()
+    tokens = clip_tokens(model, subset, batch_size=batch_size)
+    model.train(was_training)
+    return Domain.fit(tokens)
