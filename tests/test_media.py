@@ -380,6 +380,10 @@ def test_real_clip_with_two_streams_each_picks_the_first_default():
     clip = load_clip(shared_media("nasa_13013.mp4"), 4, 32)
     assert (clip.width, clip.height, clip.fps) == (320, 180, 25.0)  # not the 480x270 29.97 fps stream
     assert len(clip.audio) == pytest.approx(13.056 * SR, abs=SR * 0.01)
+    # of its two default audio streams (8 kHz and 16 kHz) the 16 kHz one: energy above 4 kHz
+    spectrum = np.abs(np.fft.rfft(clip.audio)) ** 2
+    freqs = np.fft.rfftfreq(len(clip.audio), 1 / SR)
+    assert spectrum[freqs > 4200].sum() > 1e-3 * spectrum.sum()
 
 
 def test_file_names_that_look_like_urls(folder, table):

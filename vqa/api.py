@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,7 +24,11 @@ from .features import clip_features
 from .media import Clip, load_clip
 from .prompt import with_video
 
+if TYPE_CHECKING:
+    from .perception import Perception
+
 CACHE_SIZE = 32
+PERCEPTION_TOKENS = 160  # the budget of the perception text block in the prompt
 
 
 @dataclass
@@ -35,20 +40,23 @@ class PreparedClip:
     frames: torch.Tensor  # (T, 3, S, S) normalised
     mel: torch.Tensor  # (n_mels, F)
     tokens: torch.Tensor  # (K, H) in the LLM's embedding space
+    perception: "Perception | None" = None  # what pretrained models found (vqa.perception), when enabled
 
 
 class VideoQA:
-    def __init__(self, model, source: str | None = None, cache_size: int = CACHE_SIZE):
+    def __init__(self, model, source: str | None = None, cache_size: int = CACHE_SIZE, perception: bool = False):
         self.model = model.eval()
         self.source = source
+        self.perception = perception  # run vqa.perception on each clip and give the LLM its text
         self._cache: OrderedDict[str, PreparedClip] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
     # ---- construction ----
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None) -> "VideoQA":
-        """Load a bundle folder; with no argument, the default `adapters/avsynth`."""
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
+                        perception: bool = False) -> "VideoQA":
+        """Load a bundle folder; with no argument, the default `adapters/avsynth`. `perception`: see vqa.perception."""
         from .llm import load_llm
         from .model import VideoLLM
 
@@ -66,7 +74,7 @@ class VideoQA:
         bundle.load_weights(model, folder)
         if device:
             model.to(device)
-        return cls(model, source=str(folder))
+        return cls(model, source=str(folder), perception=perception)
 
     @classmethod
     def untrained(cls, config: ModelConfig | None = None, seed: int = 0) -> "VideoQA":
@@ -89,7 +97,7 @@ class VideoQA:
     # ---- clips ----
     def prepare(self, video: str | Path | Clip) -> PreparedClip:
         """Decode and encode a clip once; later calls with the same file or clip hit the cache."""
-        key = _content_key(video, self.config)
+        key = _content_key(video, self.config) + (":perception" if self.perception else "")
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -101,7 +109,12 @@ class VideoQA:
         with torch.no_grad():
             device = self.model.device
             tokens = self.model.get_video_features(frames[None].to(device), mel[None].to(device))[0]
-        prepared = PreparedClip(key, clip, frames, mel, tokens)
+        perception = None
+        if self.perception:
+            from .perception import perceive
+
+            perception = perceive(video, clip=None if isinstance(video, Clip) else _perception_clip(clip))
+        prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
         with self._lock:
             self._cache[key] = prepared
             while len(self._cache) > self._cache_size:
@@ -119,7 +132,9 @@ class VideoQA:
     ) -> Iterator[str]:
         """Yield the answer as it is generated. `history`: earlier role/content turns about this clip."""
         prepared = video if isinstance(video, PreparedClip) else self.prepare(video)
-        messages = _messages(history or [], question)
+        context = "" if prepared.perception is None else prepared.perception.to_text(
+            PERCEPTION_TOKENS, count=lambda text: len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        messages = _messages(history or [], question, context)
         yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens, temperature=temperature)
 
     def ask(self, video, question: str, history: list[dict] | None = None, max_new_tokens: int = 128,
@@ -152,13 +167,18 @@ class Chat:
         self.history = []
 
 
-def _messages(history: list[dict], question: str) -> list[dict]:
-    """The placeholder goes into the first user turn of the conversation."""
+def _messages(history: list[dict], question: str, perception: str = "") -> list[dict]:
+    """The placeholder (and the perception text after it) goes into the first user turn of the conversation."""
     turns = [{"role": t["role"], "content": t["content"]} for t in history]
     if turns:
-        turns[0]["content"] = with_video(turns[0]["content"])
+        turns[0]["content"] = with_video(turns[0]["content"], perception)
         return turns + [{"role": "user", "content": question}]
-    return [{"role": "user", "content": with_video(question)}]
+    return [{"role": "user", "content": with_video(question, perception)}]
+
+
+def _perception_clip(clip: Clip) -> Clip | None:
+    """The model's decoded clip, reused by perception for its audio (perception decodes its own larger frames)."""
+    return clip if clip.sample_rate == 16000 else None
 
 
 def _content_key(video, config: ModelConfig) -> str:

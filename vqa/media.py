@@ -16,7 +16,7 @@ whatever its length. `Clip.timestamps` give the true time of every returned fram
 Geometry. Frames are turned upright by the stream's display matrix (rotation metadata),
 resized so the short side is S (pixel aspect ratio applied), then centre-cropped to S x S.
 
-Audio. The default audio stream is decoded whole inside one FFmpeg filter graph (amovie ->
+Audio. The default audio stream (the richest of several) is decoded whole inside one FFmpeg filter graph (amovie ->
 aresample -> aformat: the same resampler as av.AudioResampler, down-mixing to mono), in a
 thread beside the frame sampling; a track over two minutes is cut into 60 s pieces decoded
 in parallel. A track the graph cannot decode (a damaged packet) goes through PyAV's frame
@@ -199,12 +199,18 @@ def _open(path: Path):
 
 
 def _pick_stream(streams, kind: str):
-    """The stream a player would play: the first with the default disposition, else the first."""
+    """The stream a player would play: the first with the default disposition, else the first.
+
+    Audio: among those, the highest sample rate (then most channels), so a low-rate copy
+    (an 8 kHz track beside a 16 kHz one, both marked default) is not the one heard."""
     usable = [s for s in streams if not s.disposition & av.stream.Disposition.attached_pic]
     if kind == "audio":
         usable = [s for s in usable if s.codec_context is not None and s.rate and s.channels]
     default = [s for s in usable if s.disposition & av.stream.Disposition.default]
-    return (default or usable or [None])[0]
+    pool = default or usable
+    if kind == "audio" and pool:
+        return max(pool, key=lambda s: (s.rate, s.channels))  # max keeps the first of equals
+    return (pool or [None])[0]
 
 
 def _header_duration(container, video) -> float:

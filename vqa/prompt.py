@@ -39,9 +39,12 @@ def normalize_messages(conversations: list[dict]) -> list[dict]:
     return out
 
 
-def with_video(question: str) -> str:
-    """The first user turn about a clip: the placeholder, then the question (unless it has one already)."""
-    return question if VIDEO_PLACEHOLDER in question else f"{VIDEO_PLACEHOLDER}\n{question}"
+def with_video(question: str, perception: str = "") -> str:
+    """The first user turn about a clip: the placeholder, then what perception found (a short text
+    block, if any), then the question (unless the question carries the placeholder already)."""
+    if VIDEO_PLACEHOLDER in question:
+        return question
+    return f"{VIDEO_PLACEHOLDER}\n{perception}\n{question}" if perception else f"{VIDEO_PLACEHOLDER}\n{question}"
 
 
 def _render(tokenizer, system: str, messages: list[dict], generation_prompt: bool) -> str:

