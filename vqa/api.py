@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .perception import Perception
 
 CACHE_SIZE = 32
-PERCEPTION_TOKENS = 160  # the budget of the perception text block in the prompt
+PERCEPTION_TOKENS = 160  # the text block's budget where a bundle not trained with one is asked to read it
 
 
 @dataclass
@@ -41,13 +41,21 @@ class PreparedClip:
     mel: torch.Tensor  # (n_mels, F)
     tokens: torch.Tensor  # (K, H) in the LLM's embedding space
     perception: "Perception | None" = None  # what pretrained models found (vqa.perception), when enabled
+    # how far its tokens lie from the bundle's training clips (vqa.domain), and whether within their range;
+    # None where the bundle has no domain
+    domain_distance: float | None = None
+    in_domain: bool | None = None
 
 
 class VideoQA:
-    def __init__(self, model, source: str | None = None, cache_size: int = CACHE_SIZE, perception: bool = False):
+    def __init__(self, model, source: str | None = None, cache_size: int = CACHE_SIZE, perception: bool | None = None,
+                 domain=None):
         self.model = model.eval()
         self.source = source
-        self.perception = perception  # run vqa.perception on each clip and give the LLM its text
+        # run vqa.perception on each clip and give the LLM its text: by default where the bundle was trained to
+        self.perception = model.config.perception_tokens > 0 if perception is None else perception
+        self.perception_tokens = model.config.perception_tokens or PERCEPTION_TOKENS
+        self.domain = domain  # vqa.domain.Domain of the bundle's training clips, where it has one
         self._cache: OrderedDict[str, PreparedClip] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -55,7 +63,7 @@ class VideoQA:
     # ---- construction ----
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
-                        perception: bool = False) -> "VideoQA":
+                        perception: bool | None = None) -> "VideoQA":
         """Load a bundle folder; with no argument, the default `adapters/avsynth`. `perception`: see vqa.perception."""
         from .llm import load_llm
         from .model import VideoLLM
@@ -74,7 +82,9 @@ class VideoQA:
         bundle.load_weights(model, folder)
         if device:
             model.to(device)
-        return cls(model, source=str(folder), perception=perception)
+        from .domain import Domain
+
+        return cls(model, source=str(folder), perception=perception, domain=Domain.load(folder))
 
     @classmethod
     def untrained(cls, config: ModelConfig | None = None, seed: int = 0) -> "VideoQA":
@@ -115,6 +125,9 @@ class VideoQA:
 
             perception = perceive(video, clip=None if isinstance(video, Clip) else _perception_clip(clip))
         prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
+        if self.domain is not None:
+            prepared.domain_distance = self.domain.distance(tokens)
+            prepared.in_domain = prepared.domain_distance <= self.domain.threshold
         with self._lock:
             self._cache[key] = prepared
             while len(self._cache) > self._cache_size:
@@ -133,7 +146,7 @@ class VideoQA:
         """Yield the answer as it is generated. `history`: earlier role/content turns about this clip."""
         prepared = video if isinstance(video, PreparedClip) else self.prepare(video)
         context = "" if prepared.perception is None else prepared.perception.to_text(
-            PERCEPTION_TOKENS, count=lambda text: len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"]))
+            self.perception_tokens, count=lambda text: len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"]))
         messages = _messages(history or [], question, context)
         yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens, temperature=temperature)
 

@@ -85,3 +85,28 @@ def fit_domain(model, cache, clips: int = 512, batch_size: int = 32) -> Domain:
     tokens = clip_tokens(model, subset, batch_size=batch_size)
     model.train(was_training)
     return Domain.fit(tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Describe a bundle's domain from a dataset of its training clips:
+    python -m vqa.domain --adapter adapters/avsynth --data data/avsynth-train --clips 256"""
+    import argparse
+
+    from .api import VideoQA
+    from .data import load_features, read_qa
+
+    parser = argparse.ArgumentParser(prog="python -m vqa.domain", description=main.__doc__)
+    parser.add_argument("--adapter", required=True, help="bundle folder to write domain.safetensors into")
+    parser.add_argument("--data", required=True, help="dataset folder of the bundle's training clips")
+    parser.add_argument("--clips", type=int, default=512)
+    args = parser.parse_args(argv)
+    qa = VideoQA.from_pretrained(args.adapter)
+    videos = sorted({r["video"] for r in read_qa(args.data)})[: args.clips]
+    domain = fit_domain(qa.model, load_features(args.data, qa.model.config, videos=videos))
+    domain.save(args.adapter)
+    print(f"wrote {Path(args.adapter) / DOMAIN_NAME}: {len(videos)} clips, threshold {domain.threshold:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
