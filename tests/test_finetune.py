@@ -110,9 +110,11 @@ def test_finetune_on_own_clips_writes_a_bundle_that_answers(dataset, base_bundle
     assert "## Validation" in card and "| type | match | keywords |" in card
     assert f"vqa finetune {dataset} --out {out}" in card
     assert not (out / "training" / "checkpoints").exists()  # the bundle holds the result
-    reply = VideoQA.from_pretrained(out).ask(dataset / "clips" / "clip00.mp4", "What colour is the square?",
-                                             max_new_tokens=8)
+    qa = VideoQA.from_pretrained(out)
+    reply = qa.ask(dataset / "clips" / "clip00.mp4", "What colour is the square?", max_new_tokens=8)
     assert isinstance(reply, str) and reply.strip()
+    # the bundle describes its training clips' tokens: one of them lies within their range
+    assert (out / "domain.safetensors").is_file() and qa.prepare(dataset / "clips" / "clip01.mp4").in_domain
     # a second run into a finished bundle is refused, not overwritten
     assert main(["finetune", str(dataset), "--out", str(out), "--base", str(base_bundle)]) == 2
     assert "already holds a bundle" in capsys.readouterr().err

@@ -1,9 +1,9 @@
 """Is a clip like the ones a bundle was trained on? A simple out-of-domain signal over the clip tokens.
 
-Training ends by describing its clips' encoder tokens: per clip, the tokens averaged over the sequence
-give one vector (H); the training clips' mean and standard deviation per dimension, and the distance
-(root mean squared z-score) below which `QUANTILE` of them fall. A new clip farther than that
-`threshold` is out of domain: its tokens are unlike anything the projector and LoRA learned to read, so
+Training ends by describing its clips' tokens as the LLM gets them: per token position and dimension,
+the training clips' mean and standard deviation, and the distance (root mean squared z-score over every
+position and dimension) below which `QUANTILE` of them fall, times a margin. A new clip farther than
+that `threshold` is out of domain: its tokens are unlike anything the projector and LoRA learned to read, so
 answers drawn from them are guesses. The API and the web page say so.
 
 Notation: N clips, K clip tokens, H width.
@@ -17,13 +17,13 @@ import torch
 
 DOMAIN_NAME = "domain.safetensors"
 QUANTILE = 0.99
-MARGIN = 1.5  # the threshold is this times the training clips' QUANTILE distance: room for unseen clips
+MARGIN = 1.15  # the threshold is this times the training clips' QUANTILE distance: room for unseen clips
 
 
 @dataclass
 class Domain:
-    mean: torch.Tensor  # (H,)
-    std: torch.Tensor  # (H,)
+    mean: torch.Tensor  # (K*H,)
+    std: torch.Tensor  # (K*H,)
     threshold: float
 
     @classmethod
@@ -31,14 +31,17 @@ class Domain:
         """From the training clips' tokens (N, K, H)."""
         if tokens.shape[0] < 2:
             raise ValueError(f"describing a domain needs at least 2 clips, got {tokens.shape[0]}")
-        pooled = tokens.float().mean(1)  # (N, H)
-        mean, std = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
-        d = _distance(pooled, mean, std)
+        flat = tokens.float().flatten(1)  # (N, K*H)
+        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+        d = _distance(flat, mean, std)
         return cls(mean, std, MARGIN * float(torch.quantile(d, QUANTILE)))
 
     def distance(self, tokens: torch.Tensor) -> float:
         """A clip's distance from the training clips, for its tokens (K, H)."""
-        return float(_distance(tokens.float().mean(0, keepdim=True), self.mean, self.std)[0])
+        flat = tokens.float().reshape(1, -1)  # (1, K*H)
+        if flat.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"the clip has {flat.shape[1]} token values, the domain describes {self.mean.shape[0]}")
+        return float(_distance(flat, self.mean, self.std)[0])
 
     def contains(self, tokens: torch.Tensor) -> bool:
         return self.distance(tokens) <= self.threshold
@@ -67,9 +70,9 @@ class Domain:
             raise BundleError(f"{path}: not a valid domain description: {e}") from e
 
 
-def _distance(pooled: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(N,) root mean squared z-score of each row of pooled (N, H)."""
-    return ((pooled - mean) / std).pow(2).mean(-1).sqrt()
+def _distance(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N,) root mean squared z-score of each row of flat (N, K*H)."""
+    return ((flat - mean) / std).pow(2).mean(-1).sqrt()
 
 
 @torch.no_grad()
