@@ -9,8 +9,8 @@ a question at the limit: no token of a usual vocabulary is longer (SmolLM2's lon
 from __future__ import annotations
 
 EMPTY_QUESTION = "Give a question."
-MAX_QUESTION_TOKENS = 512
-MAX_CONVERSATION_TOKENS = 2048  # history + question; the clip's tokens and the answer come on top
+MAX_QUESTION_TOKENS = 256
+MAX_CONVERSATION_TOKENS = 1024  # history + question, read by the LLM on every request; the clip and answer come on top
 TURN_OVERHEAD_TOKENS = 6  # the chat template's tokens around each turn (role header, end of turn)
 ROLES = ("user", "assistant")
 _CHARS_PER_TOKEN = 100
