@@ -333,8 +333,9 @@ def end_session(request: gr.Request) -> None:
     SESSIONS.end(getattr(request, "session_hash", None))
 
 
-def history_problem(payload) -> str:
-    """A specific message for a `/chat` history that is not a list of role/content messages."""
+def history_problem(payload, error=None) -> str:
+    """A specific message for a `/chat` history that is not a list of role/content messages
+    (`error`: Gradio's validation error, whose first problem is named when no simpler one is found)."""
     turns = payload.get("root", payload) if isinstance(payload, dict) else payload
     head = "Malformed chat history:"
     if not isinstance(turns, list):
@@ -346,6 +347,10 @@ def history_problem(payload) -> str:
             return f"{head} message {i} has role {str(turn['role'])[:30]!r}; expected user or assistant."
         if not isinstance(turn["content"], (str, list, dict)):
             return f"{head} message {i} has content of type {type(turn['content']).__name__}; expected text."
+    problems = error.errors() if error is not None else []
+    if problems:
+        loc = ".".join(str(part) for part in problems[0].get("loc", ()))
+        return f"{head} at {loc or 'the top'}: {problems[0].get('msg', 'invalid')}."
     return f"{head} a message's content is neither text nor Gradio message parts."
 
 
@@ -360,8 +365,8 @@ def _strict_history(chatbot: gr.Chatbot) -> None:
         def model_validate(cls, obj, *args, **kwargs):
             try:
                 return base.model_validate(obj, *args, **kwargs)
-            except pydantic.ValidationError:
-                message = history_problem(obj)
+            except pydantic.ValidationError as e:
+                message = history_problem(obj, e)
                 log.warning("/chat: %s", message)
                 raise gr.Error(message, print_exception=False) from None
 
