@@ -7,6 +7,7 @@ position can be checked too.
 """
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -233,3 +234,47 @@ def truncate(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Path:
     dst = Path(dst)
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+class _NoSeek(io.RawIOBase):
+    """A write-only stream that cannot seek, as a pipe or a socket: muxers cannot go back to fill in the header."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data) -> int:
+        return self.f.write(data)
+
+
+def write_streamed_mkv(path: str | Path, seconds: float, audio_seconds: float | None = None, fps: int = 2,
+                       size: int = 16, rate: int = 8000) -> Path:
+    """A Matroska written through a non-seekable stream, so its header has no duration: tiny frames at
+    `fps` for `seconds`, silent 16-bit PCM at `rate` for `audio_seconds` (default: as long)."""
+    audio_seconds = seconds if audio_seconds is None else audio_seconds
+    with open(path, "wb") as raw, av.open(_NoSeek(raw), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        step = rate // fps  # audio samples per video frame, interleaved
+        n_video, n_audio = int(seconds * fps), int(audio_seconds * fps)
+        for i in range(max(n_video, n_audio)):
+            if i < n_video:
+                img = np.full((size, size, 3), code_color(i % MAX_CODES), np.uint8)
+                for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            if i < n_audio:
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, step), np.int16), format="s16", layout="mono")
+                frame.sample_rate, frame.pts = rate, i * step
+                for packet in audio.encode(frame):
+                    out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                out.mux(packet)
+    return Path(path)

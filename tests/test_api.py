@@ -1,11 +1,14 @@
 """The Python API over the real bundled LLM and a tiny untrained encoder."""
+import re
 import threading
 
 import pytest
 
 import vqa.api
+from tests import media_factory as mf
 from tests.helpers import tiny_config, write_clip
 from vqa.api import VideoQA
+from vqa.limits import MAX_CONVERSATION_TOKENS, HistoryError, QuestionError
 from vqa.media import MediaError
 
 
@@ -81,3 +84,88 @@ def test_bad_inputs_raise_media_error(qa, tmp_path):
         qa.ask(text, "What is this?")
     with pytest.raises(MediaError, match="no such file"):
         qa.ask(tmp_path / "missing.mp4", "What is this?")
+
+
+def test_max_duration_refuses_a_clip_whose_header_has_no_duration(qa, tmp_path, monkeypatch):
+    path = mf.write_streamed_mkv(tmp_path / "streamed.mkv", seconds=60)
+    limited = VideoQA(qa.model, max_duration=10)
+    monkeypatch.setattr(vqa.api, "clip_features", lambda *a, **k: pytest.fail("a clip over the limit was encoded"))
+    with pytest.raises(MediaError, match="streamed.mkv lasts more than 10 s; clips up to 10 s are accepted"):
+        limited.ask(path, "What is seen?")
+    assert limited._cache == {}
+
+
+def test_max_duration_also_holds_for_a_clip_cached_without_it(qa, clip):
+    qa.prepare(clip)  # 1 s, cached by the unlimited object; the same model and cache under a tighter limit:
+    qa_limit, qa.max_duration = qa.max_duration, 0.5
+    try:
+        with pytest.raises(MediaError, match="lasts 1 s; clips up to 0 s"):
+            qa.prepare(clip)
+    finally:
+        qa.max_duration = qa_limit
+
+
+def test_cache_is_bounded_by_bytes_and_holds_no_sound(qa, tmp_path):
+    paths = [write_clip(tmp_path / f"c{i}.mp4", seconds=2.0, tone_hz=200.0 + 100 * i) for i in range(4)]
+    one = VideoQA(qa.model).prepare(paths[0])
+    assert one.clip.audio.size == 0 and one.mel.shape[0] == qa.config.media.n_mels  # the log-mel stays
+    small = VideoQA(qa.model, cache_bytes=int(2.5 * one.nbytes))
+    for p in paths:
+        small.prepare(p)
+    assert len(small._cache) == 2 and sum(p.nbytes for p in small._cache.values()) <= 2.5 * one.nbytes
+    tiny = VideoQA(qa.model, cache_bytes=one.nbytes // 2)  # an entry over the whole budget is not kept
+    assert tiny.prepare(paths[0]).tokens.shape == one.tokens.shape and len(tiny._cache) == 0
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t "])
+def test_blank_questions_are_refused_before_any_work(qa, clip, question, monkeypatch):
+    monkeypatch.setattr(qa, "prepare", lambda v: pytest.fail("a blank question decoded the clip"))
+    with pytest.raises(QuestionError, match="^Give a question.$"):
+        qa.ask(clip, question)
+    with pytest.raises(QuestionError, match="^Give a question.$"):
+        list(qa.stream(clip, question))
+
+
+def test_long_question_is_refused_with_the_limit(qa, clip, monkeypatch):
+    monkeypatch.setattr(qa, "prepare", lambda v: pytest.fail("a too long question decoded the clip"))
+    with pytest.raises(QuestionError, match=r"too long \(\d+ tokens\); the limit is 256 tokens"):
+        qa.ask(clip, "why " * 300)
+    with pytest.raises(QuestionError, match=r"too long \(5000 tokens\); the limit is 256 tokens"):
+        qa.ask(clip, "x" * 20_000)  # 4 characters a token
+    with pytest.raises(QuestionError, match=r"too long \(1,000,000 characters\); the limit is 256 tokens"):
+        qa.ask(clip, "x" * 1_000_000)  # refused without tokenising it all
+
+
+def test_long_history_keeps_its_newest_turns_within_the_budget(qa, clip, monkeypatch):
+    history = []
+    for i in range(400):
+        history += [{"role": "user", "content": f"Question number {i} about the clip?"},
+                    {"role": "assistant", "content": f"Answer number {i}, which is long enough to count."}]
+    question, kept, dropped = qa.check_request("What now?", history)
+    assert dropped > 0 and kept == history[dropped:] and kept[0]["role"] == "user"
+    tokens = sum(len(qa.model.tokenizer(t["content"])["input_ids"]) for t in kept)
+    assert MAX_CONVERSATION_TOKENS // 2 < tokens <= MAX_CONVERSATION_TOKENS
+    seen = []  # the model sees exactly the kept turns, then the question
+    monkeypatch.setattr(qa.model, "stream", lambda tokens, messages, **kw: seen.append(messages) or iter(["ok"]))
+    assert qa.ask(clip, "What now?", history=history) == "ok"
+    assert seen[0][1:] == [{"role": t["role"], "content": t["content"]} for t in kept[1:]] + [
+        {"role": "user", "content": "What now?"}]
+    assert seen[0][0]["content"].endswith(kept[0]["content"])  # after the clip's placeholder
+    assert qa.check_request("What now?", history[-4:])[2] == 0  # a short history is kept whole
+
+
+@pytest.mark.parametrize("history, problem", [
+    ("not a list", "must be a list"),
+    ([{"role": "user"}], "turn 0 is not a {role, content} message"),
+    ([{"role": "user", "content": "hi"}, ["a", "b"]], "turn 1 is not"),
+    ([{"role": "system", "content": "obey"}], "turn 0 has role 'system'"),
+    ([{"role": "user", "content": 5}], "turn 0 has content of type int"),
+])
+def test_malformed_history_gets_a_specific_message(qa, clip, history, problem):
+    with pytest.raises(HistoryError, match=re.escape(problem)):
+        qa.ask(clip, "What is seen?", history=history)
+
+
+def test_a_folder_is_called_a_folder(qa, tmp_path):
+    with pytest.raises(MediaError, match="is a folder, not a video file"):
+        qa.ask(tmp_path, "What is this?")

@@ -5,7 +5,9 @@ with a 20 s duration limit so a real clip can be refused for length.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -313,3 +315,144 @@ def test_picking_a_bundle_loads_it_and_answers_with_it(server):
 def test_too_long_clip_is_refused_with_the_limit(server):
     info = _load(_client(server), shared_media("testvideo.mp4"))
     assert "testvideo.mp4 lasts 24 s; clips up to 20 s are accepted" in info
+
+
+# ---- bounds and errors, in-process on a tiny model ----
+
+@pytest.fixture(scope="module")
+def tiny_app():
+    """The handlers on a tiny untrained model as the "untrained" entry, with the app's duration limit."""
+    import vqa.webapp as webapp
+    from tests.helpers import tiny_config
+    from vqa.api import VideoQA
+
+    qa = VideoQA.untrained(tiny_config())
+    qa.max_duration = webapp.MAX_DURATION_S
+    saved = dict(webapp.MODELS._loaded)
+    webapp.MODELS._loaded[webapp.UNTRAINED] = qa
+    yield webapp, qa
+    webapp.MODELS._loaded.clear()
+    webapp.MODELS._loaded.update(saved)
+
+
+def test_the_app_loads_models_with_its_duration_limit(monkeypatch):
+    import vqa.api
+    import vqa.webapp as webapp
+
+    monkeypatch.setattr(vqa.api.VideoQA, "untrained", classmethod(lambda cls: cls(torch_module())))
+    assert webapp.Models()._load(webapp.UNTRAINED).max_duration == webapp.MAX_DURATION_S
+
+
+def torch_module():
+    import torch
+
+    return torch.nn.Linear(1, 1)
+
+
+def test_ask_refuses_a_long_clip_whose_header_has_no_duration_before_decoding(tiny_app, tmp_path, monkeypatch):
+    import gradio as gr
+
+    from tests import media_factory as mf
+
+    webapp, qa = tiny_app
+    path = mf.write_streamed_mkv(tmp_path / "streamed.mkv", seconds=webapp.MAX_DURATION_S + 60)
+    monkeypatch.setattr("vqa.api.clip_features", lambda *a, **k: pytest.fail("a clip over the limit was encoded"))
+    start = time.perf_counter()
+    with pytest.raises(gr.Error, match=rf"streamed.mkv lasts more than {webapp.MAX_DURATION_S:.0f} s"):
+        webapp.ask(str(path), "What is seen?")
+    assert time.perf_counter() - start < 5
+    info = webapp.load_clip(str(path), webapp.UNTRAINED)[3]
+    assert "Could not use this clip" in info and "lasts more than" in info and str(tmp_path) not in info
+
+
+@pytest.mark.parametrize("question, message", [("   ", "Give a question"), ("why " * 2000, "too long")])
+def test_ask_refuses_blank_and_long_questions_before_decoding(tiny_app, tmp_path, question, message, monkeypatch):
+    import gradio as gr
+
+    from tests.helpers import write_clip
+
+    webapp, qa = tiny_app
+    monkeypatch.setattr(qa, "prepare", lambda v: pytest.fail("the clip was decoded"))
+    with pytest.raises(gr.Error, match=message):
+        webapp.ask(write_clip(tmp_path / "c.mp4"), question)
+
+
+def test_a_long_chat_loses_its_oldest_turns_with_a_notice(tiny_app, tmp_path, monkeypatch):
+    from tests.helpers import write_clip
+    from vqa.webapp import NOTICE
+
+    webapp, qa = tiny_app
+    history = []
+    for i in range(300):
+        history += [{"role": "user", "content": f"Question {i} about the clip?"},
+                    {"role": "assistant", "content": f"Answer {i}, long enough to count for something."}]
+    seen = []
+    monkeypatch.setattr(qa.model, "stream", lambda tokens, messages, **kw: seen.append(messages) or iter(["yes"]))
+    out = list(webapp.answer(history + [{"role": "user", "content": "And now?"}],
+                             {"video": write_clip(tmp_path / "c.mp4")}, webapp.UNTRAINED, 8, 0.0))
+    chat = out[-1]
+    notice = chat[-3]["content"]
+    assert notice.startswith(NOTICE) and "no longer sees its oldest" in notice
+    dropped = int(notice.split("oldest ")[1].split()[0])
+    assert 0 < dropped < len(history) and len(seen[0]) == len(history) - dropped + 1
+    assert chat[-2] == {"role": "user", "content": "And now?"} and chat[-1] == {"role": "assistant", "content": "yes"}
+
+
+@pytest.mark.parametrize("history, message", [
+    ("not a list", "expected a list of {role, content} messages, got str"),
+    ([["q", "a"]], "message 0 is not a {role, content} message"),
+    ([{"role": "user", "content": "q"}, {"role": "robot", "content": "x"}], "message 1 has role 'robot'"),
+    ([{"role": "user", "content": 5}], "message 0 has content of type int"),
+])
+def test_a_malformed_chat_history_gets_a_specific_message(history, message):
+    import gradio as gr
+
+    from vqa.webapp import _strict_history
+
+    chatbot = gr.Chatbot()
+    _strict_history(chatbot)
+    chatbot.data_model.model_validate([{"role": "user", "content": [{"type": "text", "text": "fine"}]}])  # passes
+    with pytest.raises(gr.Error, match=re.escape(f"Malformed chat history: {message}")):
+        chatbot.data_model.model_validate(history)
+
+
+def test_messages_to_clients_hold_no_server_path(tmp_path, monkeypatch):
+    import vqa.webapp as webapp
+    from vqa import bundle
+    from vqa.bundle import BundleError
+
+    broken = tmp_path / "adapters" / "broken"
+    broken.mkdir(parents=True)
+    (broken / bundle.CONFIG_NAME).write_text("{ not json")
+    monkeypatch.setenv("VQA_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    notice = webapp.select_model("broken")
+    assert "Could not load broken" in notice and str(tmp_path) not in notice and bundle.CONFIG_NAME in notice
+    message = webapp.readable(BundleError(f"bundle folder {tmp_path}/x/y does not exist; see https://example.org/a/b"))
+    assert message == "bundle folder y does not exist; see https://example.org/a/b"
+
+
+def test_a_users_mistake_logs_one_line_and_no_traceback(tiny_app, tmp_path, caplog):
+    webapp, _ = tiny_app
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    with caplog.at_level(logging.WARNING, logger="vqa"):
+        webapp.load_clip(str(bad), webapp.UNTRAINED)
+    records = [r for r in caplog.records if r.name.startswith("vqa")]
+    assert len(records) == 1 and records[0].exc_info is None and "notes.mp4" in records[0].getMessage()
+
+
+def test_a_closed_page_deletes_the_clips_its_session_loaded(tiny_app, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tests.helpers import write_clip
+    from vqa.uploads import SessionFiles
+
+    webapp, _ = tiny_app
+    monkeypatch.setattr(webapp, "SESSIONS", SessionFiles(tmp_path))
+    (tmp_path / "u1").mkdir()
+    clip = write_clip(tmp_path / "u1" / "clip.mp4")
+    assert webapp.load_clip(clip, webapp.UNTRAINED, SimpleNamespace(session_hash="abc"))[0] == {"video": clip}
+    webapp.end_session(SimpleNamespace(session_hash="other"))
+    assert Path(clip).exists()
+    webapp.end_session(SimpleNamespace(session_hash="abc"))
+    assert not Path(clip).exists()

@@ -54,3 +54,25 @@ def test_chat_loop(bundle_dir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("> ") >= 3
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_ask_refuses_a_blank_question_with_the_pages_message(tmp_path, question):
+    out = run("ask", str(tmp_path / "clip.mp4"), question)
+    assert out.returncode == 2 and out.stderr.strip() == "vqa: Give a question." and out.stdout == ""
+
+
+def test_ask_refuses_a_long_question_and_names_a_folder(bundle_dir, tmp_path):
+    from tests.helpers import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    out = run("ask", clip, "why " * 2000, "--adapter", str(bundle_dir))
+    assert out.returncode == 2 and "too long" in out.stderr and "256 tokens" in out.stderr
+    assert "Traceback" not in out.stderr and out.stdout.strip() == ""
+    out = run("ask", str(tmp_path), "What is this?", "--adapter", str(bundle_dir))
+    assert out.returncode == 2 and "is a folder, not a video file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_max_new_tokens_must_be_positive(tmp_path):
+    out = run("ask", str(tmp_path / "clip.mp4"), "What?", "--max-new-tokens", "0")
+    assert out.returncode == 2 and "must be at least 1" in out.stderr

@@ -435,3 +435,43 @@ def test_graph_and_frame_loop_decode_the_same_audio(table):
     slow, first_slow = _audio_frame_by_frame(path, 1, SR, 2.0)
     assert first_fast == first_slow and len(fast) == len(slow)
     np.testing.assert_allclose(fast, slow, atol=1e-6)
+
+
+# ---- the duration limit ----
+
+def test_max_duration_stops_the_scan_of_a_header_without_duration(folder, monkeypatch):
+    path = mf.write_streamed_mkv(folder / "streamed_120s.mkv", seconds=120)
+    with av.open(str(path)) as c:
+        assert c.duration is None and c.streams.video[0].duration is None  # the case under test
+    assert load_clip(path, 4, 16).duration == pytest.approx(120, abs=1)  # no limit: scanned whole
+    packets = []
+    real_demux = av.container.InputContainer.demux
+
+    def counting_demux(self, *args, **kwargs):
+        for packet in real_demux(self, *args, **kwargs):
+            packets.append(packet.pts)
+            yield packet
+
+    monkeypatch.setattr(av.container.InputContainer, "demux", counting_demux)
+    monkeypatch.setattr(media, "_sample_frames", lambda *a, **k: pytest.fail("frames decoded past the limit"))
+    monkeypatch.setattr(media, "_read_audio", lambda *a, **k: pytest.fail("audio decoded past the limit"))
+    with pytest.raises(MediaError, match=r"streamed_120s.mkv lasts more than 10 s; clips up to 10 s are accepted"):
+        load_clip(path, 4, 16, max_duration=10)
+    assert len(packets) < 2 * 12 + 5  # the scan stopped at about 10 s of 2 fps video
+
+
+def test_max_duration_refuses_from_the_header_and_keeps_shorter_clips(folder):
+    path = mf.write_video(folder / "header_2s.mp4", size=(16, 16), fps=10, num_frames=20)
+    with pytest.raises(MediaError, match=r"header_2s.mp4 lasts 2 s; clips up to 1 s are accepted"):
+        load_clip(path, 4, 16, max_duration=1)
+    assert load_clip(path, 4, 16, max_duration=5).duration == pytest.approx(2.0, abs=0.1)
+    with pytest.raises(ValueError, match="max_duration"):
+        load_clip(path, 4, 16, max_duration=0)
+
+
+def test_max_duration_bounds_a_sound_track_longer_than_the_video(folder):
+    path = mf.write_streamed_mkv(folder / "long_sound.mkv", seconds=2, audio_seconds=300)
+    assert len(load_clip(path, 4, 16).audio) == pytest.approx(300 * SR, rel=0.01)  # no limit: all of it
+    clip = load_clip(path, 4, 16, max_duration=10)
+    assert clip.duration == pytest.approx(2, abs=0.6) and clip.has_audio
+    assert 2 * SR <= len(clip.audio) <= (2 * 10 + 1) * SR + 10 * SR  # decoding stopped; one 10 s block over at most

@@ -3,11 +3,18 @@
 Thread-safe: the model is only read after loading, and the one shared mutable
 thing, the cache of encoded clips, sits behind a lock. Clips are keyed by a
 hash of the file's bytes, so a second question about the same file neither
-decodes nor encodes it again.
+decodes nor encodes it again. The cache is bounded by count and by bytes, and a
+cached clip keeps its frames, log-mel and tokens, not its sound samples.
+
+One request's work is bounded before the model runs: `max_duration` refuses long
+clips while they decode, and the question and history are bounded in tokens
+(vqa.limits): a long question is refused, a long history loses its oldest turns.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -21,19 +28,27 @@ import torch
 from . import bundle
 from .config import ModelConfig
 from .features import clip_features
-from .media import Clip, load_clip
+from .limits import MAX_CONVERSATION_TOKENS, MAX_QUESTION_TOKENS, check_history, check_question, fit_history
+from .media import Clip, MediaError, load_clip
 from .prompt import with_video
 
 if TYPE_CHECKING:
     from .perception import Perception
 
+log = logging.getLogger(__name__)
+
 CACHE_SIZE = 32
+CACHE_BYTES = 256 * 2**20  # about 20 clips of 16 frames at 224 px
 PERCEPTION_TOKENS = 160  # the text block's budget where a bundle not trained with one is asked to read it
 
 
 @dataclass
 class PreparedClip:
-    """A clip as the model takes it in: decoded media, the log-mel, and its projected tokens."""
+    """A clip as the model takes it in: decoded media, the log-mel, and its projected tokens.
+
+    `clip.audio` is empty: the log-mel holds what the model hears, and a long track's samples
+    would dwarf everything else in the cache.
+    """
 
     key: str
     clip: Clip
@@ -46,18 +61,28 @@ class PreparedClip:
     domain_distance: float | None = None
     in_domain: bool | None = None
 
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.clip.frames, self.clip.timestamps, self.clip.audio)
+        return sum(a.nbytes for a in arrays) + sum(t.numel() * t.element_size()
+                                                  for t in (self.frames, self.mel, self.tokens))
+
 
 class VideoQA:
-    def __init__(self, model, source: str | None = None, cache_size: int = CACHE_SIZE, perception: bool | None = None,
+    def __init__(self, model, source: str | None = None, cache_size: int = CACHE_SIZE,
+                 cache_bytes: int = CACHE_BYTES, max_duration: float | None = None, perception: bool | None = None,
                  domain=None):
+        """`max_duration`: refuse clips longer than this many seconds (None: any length)."""
         self.model = model.eval()
         self.source = source
+        self.max_duration = max_duration
         # run vqa.perception on each clip and give the LLM its text: by default where the bundle was trained to
         self.perception = model.config.perception_tokens > 0 if perception is None else perception
         self.perception_tokens = model.config.perception_tokens or PERCEPTION_TOKENS
         self.domain = domain  # vqa.domain.Domain of the bundle's training clips, where it has one
         self._cache: OrderedDict[str, PreparedClip] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
 
     # ---- construction ----
@@ -112,9 +137,15 @@ class VideoQA:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit
+        if hit is not None:
+            self._check_duration(hit.clip, video)
+            return hit
         media = self.config.media
-        clip = video if isinstance(video, Clip) else load_clip(video, num_frames=media.num_frames, size=media.size)
+        if isinstance(video, Clip):
+            clip = video
+            self._check_duration(clip, video)
+        else:
+            clip = load_clip(video, num_frames=media.num_frames, size=media.size, max_duration=self.max_duration)
         frames, mel = clip_features(clip, media, mel_frames=self.config.encoder.audio_frames)
         with torch.no_grad():
             device = self.model.device
@@ -124,15 +155,39 @@ class VideoQA:
             from .perception import perceive
 
             perception = perceive(video, clip=None if isinstance(video, Clip) else _perception_clip(clip))
+        clip = dataclasses.replace(clip, audio=np.zeros(0, np.float32))  # the log-mel and perception hold it
         prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
         if self.domain is not None:
             prepared.domain_distance = self.domain.distance(tokens)
             prepared.in_domain = prepared.domain_distance <= self.domain.threshold
         with self._lock:
             self._cache[key] = prepared
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            total = sum(p.nbytes for p in self._cache.values())
+            while self._cache and (len(self._cache) > self._cache_size or total > self._cache_bytes):
+                total -= self._cache.popitem(last=False)[1].nbytes
         return prepared
+
+    def _check_duration(self, clip: Clip, video) -> None:
+        if self.max_duration is not None and clip.duration > self.max_duration:
+            name = clip.path if isinstance(video, Clip) else video
+            raise MediaError(f"{name} lasts {clip.duration:.0f} s; clips up to {self.max_duration:.0f} s are accepted")
+
+    # ---- the request's text ----
+    def check_request(self, question: str, history: list[dict] | None = None) -> tuple[str, list[dict], int]:
+        """(question stripped, the history turns the model will see, how many oldest turns were dropped).
+
+        Raises QuestionError for an empty, blank or too long question, HistoryError for a history
+        that is not a list of role/content turns. Cheap: call it before any decoding.
+        """
+        tokenizer = self.model.tokenizer
+        question = check_question(question, tokenizer, MAX_QUESTION_TOKENS)
+        turns = check_history(history)
+        budget = MAX_CONVERSATION_TOKENS - len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        kept, dropped = fit_history(turns, tokenizer, budget)
+        if dropped:
+            log.info("dropped the oldest %d of %d history turns (over %d tokens)", dropped, len(turns),
+                     MAX_CONVERSATION_TOKENS)
+        return question, kept, dropped
 
     # ---- questions ----
     def stream(
@@ -143,11 +198,20 @@ class VideoQA:
         max_new_tokens: int = 128,
         temperature: float = 0.0,
     ) -> Iterator[str]:
-        """Yield the answer as it is generated. `history`: earlier role/content turns about this clip."""
+        """Yield the answer as it is generated. `history`: earlier role/content turns about this clip;
+        its oldest turns are left out where the conversation passes MAX_CONVERSATION_TOKENS."""
+        question, history, _ = self.check_request(question, history)
+        context = getattr(self.model.tokenizer, "model_max_length", None) or 0
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if 0 < context < 10**9 and self.model.num_video_tokens + MAX_CONVERSATION_TOKENS + max_new_tokens > context:
+            raise ValueError(f"max_new_tokens={max_new_tokens} does not fit the model's context of {context} "
+                             f"tokens beside the clip's {self.model.num_video_tokens} and a conversation's "
+                             f"{MAX_CONVERSATION_TOKENS}")
         prepared = video if isinstance(video, PreparedClip) else self.prepare(video)
         context = "" if prepared.perception is None else prepared.perception.to_text(
             self.perception_tokens, count=lambda text: len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        messages = _messages(history or [], question, context)
+        messages = _messages(history, question, context)
         yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens, temperature=temperature)
 
     def ask(self, video, question: str, history: list[dict] | None = None, max_new_tokens: int = 128,
@@ -202,9 +266,9 @@ def _content_key(video, config: ModelConfig) -> str:
         h.update(np.ascontiguousarray(video.audio).tobytes())
     else:
         path = Path(video)
+        if path.is_dir():
+            raise MediaError(f"{path} is a folder, not a video file")
         if not path.is_file():
-            from .media import MediaError
-
             raise MediaError(f"{path}: no such file")
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

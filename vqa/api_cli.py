@@ -4,7 +4,11 @@ from __future__ import annotations
 import sys
 
 from .bundle import BundleError
+from .limits import EMPTY_QUESTION, QuestionError
 from .media import MediaError
+
+# what a user can get wrong: one line on stderr and exit status 2, never a traceback
+USER_ERRORS = (MediaError, BundleError, QuestionError)
 
 
 def _load(args):
@@ -15,12 +19,14 @@ def _load(args):
 
 def ask(args) -> int:
     try:
+        if not args.question.strip():  # before loading anything
+            raise QuestionError(EMPTY_QUESTION)
         qa = _load(args)
         for piece in qa.stream(args.clip, args.question, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature):
             print(piece, end="", flush=True)
         print()
-    except (MediaError, BundleError) as e:
+    except USER_ERRORS as e:
         print(f"vqa: {e}", file=sys.stderr)
         return 2
     return 0
@@ -30,7 +36,7 @@ def chat(args) -> int:
     try:
         qa = _load(args)
         session = qa.chat(args.clip)
-    except (MediaError, BundleError) as e:
+    except USER_ERRORS as e:
         print(f"vqa: {e}", file=sys.stderr)
         return 2
     clip = session.prepared.clip
@@ -50,6 +56,10 @@ def chat(args) -> int:
         if question == "/reset":
             session.reset()
             continue
-        for piece in session.stream(question, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
-            print(piece, end="", flush=True)
+        try:
+            for piece in session.stream(question, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
+                print(piece, end="", flush=True)
+        except QuestionError as e:
+            print(f"vqa: {e}", file=sys.stderr)
+            continue
         print()

@@ -83,6 +83,7 @@ def load_clip(
     size: int = MediaConfig.size,
     sample_rate: int = MediaConfig.sample_rate,
     audio: bool = True,
+    max_duration: float | None = None,
 ) -> Clip:
     """Decode `num_frames` frames sampled evenly over the clip at `path`, and its audio.
 
@@ -94,14 +95,19 @@ def load_clip(
     `has_audio=False`. A still image (PNG, JPEG...) is a clip of duration 0 whose one frame
     is repeated, with no audio. A damaged file gives the frames that can be decoded.
     `audio=False` skips the sound (for video-only models): silence and `has_audio=False`.
+    `max_duration` (seconds) refuses longer clips before their frames and sound are decoded;
+    where the header gives no duration, the packet scan stops as soon as it passes the limit,
+    and a sound track longer than the limit is decoded only as far as the clip can use.
 
-    Raises `MediaError` for a missing, empty, truncated or non-media file, or one with no
-    video stream or no decodable frame.
+    Raises `MediaError` for a missing, empty, truncated or non-media file, one with no
+    video stream or no decodable frame, or one longer than `max_duration`.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    if max_duration is not None and not max_duration > 0:
+        raise ValueError(f"max_duration must be > 0 seconds, got {max_duration}")
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: no such file")
@@ -110,12 +116,13 @@ def load_clip(
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: the file is empty (0 bytes)")
     try:
-        return _load(path, num_frames, size, sample_rate, audio)
+        return _load(path, num_frames, size, sample_rate, audio, max_duration)
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot be decoded: {e}") from e
 
 
-def _load(path: Path, num_frames: int, size: int, sample_rate: int, with_audio: bool) -> Clip:
+def _load(path: Path, num_frames: int, size: int, sample_rate: int, with_audio: bool,
+          max_duration: float | None = None) -> Clip:
     with _open(path) as container:
         video = _pick_stream(container.streams.video, "video")
         if video is None:
@@ -131,11 +138,15 @@ def _load(path: Path, num_frames: int, size: int, sample_rate: int, with_audio: 
         start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
         fps = 0.0 if still else float(video.average_rate or video.guessed_rate or 0)
         duration = 0.0 if still else _header_duration(container, video)
-        timed = True
+        timed, scanned = True, False
         if not still and duration <= 0:
-            duration, count, timed = _scan_duration(container, video, start, fps)
+            scanned = True
+            duration, count, timed = _scan_duration(container, video, start, fps, max_duration)
             if not timed and duration > 0:
                 fps = count / duration  # frames without timestamps are taken as evenly spaced
+        if max_duration is not None and duration > max_duration:
+            seconds = f"more than {max_duration:.0f}" if scanned else f"{duration:.0f}"
+            raise MediaError(f"{path} lasts {seconds} s; clips up to {max_duration:.0f} s are accepted")
         width, height = video.width, video.height
         video_index = video.index
         audio_info = None if audio is None else _AudioInfo(
@@ -151,7 +162,7 @@ def _load(path: Path, num_frames: int, size: int, sample_rate: int, with_audio: 
     # The audio decodes in a second thread while the frames are sampled: FFmpeg releases the GIL.
     with ThreadPoolExecutor(max_workers=1) as pool:
         sound = None if audio_info is None else pool.submit(
-            _read_audio_or_none, path, audio_info, sample_rate, start, duration)
+            _read_audio_or_none, path, audio_info, sample_rate, start, duration, max_duration)
         picks, rotation = _sample_frames(path, video_index, start, duration, fps, targets, size, allow_seek=timed)
         if not picks:
             raise MediaError(f"{path}: no video frame could be decoded ({codec})")
@@ -178,9 +189,10 @@ class _AudioInfo:
     indexed: bool  # the demuxer keeps an index, so seeking lands where asked
 
 
-def _read_audio_or_none(path: Path, audio: _AudioInfo, sample_rate: int, start: float, duration: float):
+def _read_audio_or_none(path: Path, audio: _AudioInfo, sample_rate: int, start: float, duration: float,
+                        max_duration: float | None = None):
     try:
-        return _read_audio(path, audio, sample_rate, start, duration)
+        return _read_audio(path, audio, sample_rate, start, duration, max_duration)
     except av.FFmpegError as e:  # the pictures are still worth having
         log.warning("%s: the audio stream cannot be decoded, using silence: %s", path, e)
         return None
@@ -224,10 +236,12 @@ def _header_duration(container, video) -> float:
     return 0.0
 
 
-def _scan_duration(container, video, start: float, fps: float) -> tuple[float, int, bool]:
+def _scan_duration(container, video, start: float, fps: float,
+                   limit: float | None = None) -> tuple[float, int, bool]:
     """For headers that lack a duration, read the packets without decoding: (duration, packet count,
     whether they carry timestamps). The duration is the last timestamp, else the sum of the packets'
-    durations, else the count at `fps` (a raw H.264 stream has neither)."""
+    durations, else the count at `fps` (a raw H.264 stream has neither). Stops as soon as the packets
+    read pass `limit` seconds, giving the duration so far."""
     end, total, count = None, 0.0, 0
     packets = container.demux(video)
     for _ in range(_MAX_SCAN_PACKETS):
@@ -243,6 +257,10 @@ def _scan_duration(container, video, start: float, fps: float) -> tuple[float, i
         if packet.pts is not None and packet.time_base is not None:
             t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
             end = t if end is None else max(end, t)
+        if limit is not None:
+            so_far = end - start if end is not None else total if total > 0 else count / fps if fps > 0 else 0.0
+            if so_far > limit:
+                break
     if end is not None:
         return max(end - start, 0.0), count, True
     return (total if total > 0 else count / fps if fps > 0 else 0.0), count, False
@@ -443,17 +461,21 @@ def _sample_frames(path: Path, index: int, start: float, duration: float, fps: f
     return out, rotation
 
 
-def _read_audio(path: Path, audio: _AudioInfo, sample_rate: int, video_start: float, duration: float) -> np.ndarray:
-    """The whole audio stream as mono float32 at `sample_rate`, shifted so sample 0 is the video's start."""
+def _read_audio(path: Path, audio: _AudioInfo, sample_rate: int, video_start: float, duration: float,
+                max_duration: float | None = None) -> np.ndarray:
+    """The whole audio stream as mono float32 at `sample_rate`, shifted so sample 0 is the video's start.
+    With `max_duration`, decoding stops after 2 * max_duration + 1 s of sound: the video lasts at most
+    max_duration and starts at most its own length away, so the samples the clip uses are all kept."""
+    cap = None if max_duration is None else int((2 * max_duration + 1) * sample_rate)
     try:
         sound = first = None
-        if audio.indexed and audio.duration > 2 * _AUDIO_CHUNK:
+        if audio.indexed and audio.duration > 2 * _AUDIO_CHUNK and (cap is None or audio.duration * sample_rate <= cap):
             sound, first = _audio_in_chunks(path, audio, sample_rate)
         if sound is None:
-            sound, first = _audio_through_graph(path, audio.index, sample_rate)
+            sound, first = _audio_through_graph(path, audio.index, sample_rate, max_samples=cap)
     except av.FFmpegError as e:  # e.g. a damaged packet, which the graph cannot skip
         log.debug("%s: decoding audio frame by frame: %s", path, e)
-        sound, first = _audio_frame_by_frame(path, audio.index, sample_rate, duration)
+        sound, first = _audio_frame_by_frame(path, audio.index, sample_rate, duration, max_samples=cap)
     offset = int(round(((first or 0.0) - video_start) * sample_rate))
     if abs(offset) > max(duration, 1.0) * sample_rate:  # timestamps that make no sense: do not shift
         offset = 0
@@ -465,12 +487,13 @@ def _read_audio(path: Path, audio: _AudioInfo, sample_rate: int, video_start: fl
 
 
 def _audio_through_graph(path: Path, index: int, sample_rate: int, start: float | None = None,
-                         end: float | None = None, seek: float = 0.0) -> tuple[np.ndarray, float | None]:
+                         end: float | None = None, seek: float = 0.0,
+                         max_samples: int | None = None) -> tuple[np.ndarray, float | None]:
     """Decode, down-mix and resample inside one FFmpeg filter graph (amovie -> atrim -> aresample ->
     aformat), pulled in 10 s blocks: no Python work per audio frame, about 3x faster than frame by
     frame. `start`/`end` (stream timestamps, seconds) trim at the source rate, so cuts at whole
     seconds fall on the output's sample grid; `seek` jumps ahead first. Returns the samples and the
-    time of the first one."""
+    time of the first one. `max_samples` stops pulling once that many are held."""
     graph = av.filter.Graph()
     chain = [graph.add("amovie", filename=_url(path), streams=str(index), seek_point=str(seek))]
     trim = {k: str(v) for k, v in (("start", start), ("end", end)) if v is not None}
@@ -485,8 +508,8 @@ def _audio_through_graph(path: Path, index: int, sample_rate: int, start: float 
     for a, b in zip(chain, chain[1:]):
         a.link_to(b)
     graph.configure()
-    chunks, first = [], None
-    while True:
+    chunks, first, held = [], None, 0
+    while max_samples is None or held < max_samples:
         try:
             frame = chain[-1].pull()
         except (av.error.EOFError, av.error.BlockingIOError):
@@ -494,6 +517,7 @@ def _audio_through_graph(path: Path, index: int, sample_rate: int, start: float 
         if first is None and frame.time is not None:
             first = frame.time
         chunks.append(frame.to_ndarray().reshape(-1))
+        held += len(chunks[-1])
     sound = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return sound.astype(np.float32, copy=False), first
 
@@ -533,10 +557,12 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _audio_frame_by_frame(path: Path, index: int, sample_rate: int, duration: float) -> tuple[np.ndarray, float | None]:
-    """The same through PyAV's decode loop and av.AudioResampler, skipping packets the decoder rejects."""
+def _audio_frame_by_frame(path: Path, index: int, sample_rate: int, duration: float,
+                          max_samples: int | None = None) -> tuple[np.ndarray, float | None]:
+    """The same through PyAV's decode loop and av.AudioResampler, skipping packets the decoder rejects;
+    `max_samples` stops it once that many are held."""
     budget = _Budget(_MAX_PACKETS_BASE + int(duration * _MAX_PACKETS_PER_SECOND))
-    chunks, first, resampler, setup = [], None, None, None
+    chunks, first, resampler, setup, held = [], None, None, None, 0
     with _open(path) as container:
         for frame in _decode(container, container.streams[index], budget):
             if first is None and frame.time is not None:
@@ -547,7 +573,11 @@ def _audio_frame_by_frame(path: Path, index: int, sample_rate: int, duration: fl
                     chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
                 resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
                 setup = frame_setup
-            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            new = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += new
+            held += sum(len(c) for c in new)
+            if max_samples is not None and held >= max_samples:
+                break
         if resampler is not None:
             chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     sound = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -4,6 +4,10 @@ Handlers are plain module-level functions (testable without a browser); `build_d
 into a Blocks app and `launch` serves it. Everything about one user (clip, chat, picked model)
 lives in that session's gr.State and components; the only thing sessions share is the server-wide
 cache of loaded models, and inside each model the bounded cache of encoded clips.
+
+Every request's work is bounded before the model runs (clip size and duration, question and
+history tokens: vqa.limits), and so is the upload folder (vqa.uploads). A user's mistake gets a
+message on the page or from the API and one line in the server's log, never a traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 
 import importlib
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -21,6 +26,9 @@ import gradio as gr
 import numpy as np
 
 from . import bundle
+from .limits import EMPTY_QUESTION, MAX_CONVERSATION_TOKENS, HistoryError, QuestionError
+from .media import MediaError
+from .uploads import SessionFiles, UploadBudget
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +40,17 @@ EXAMPLES = os.environ.get("VQA_EXAMPLES", "vqa.avsynth.examples:example_clips")
 MAX_DURATION_S = float(os.environ.get("VQA_MAX_DURATION_S", 600))
 CONCURRENCY = int(os.environ.get("VQA_CONCURRENCY", 2))  # model calls at once; more wait in the queue
 QUEUE_SIZE = 64
-DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads and rendered images older than six hours
+UPLOAD_BUDGET_MB = int(os.environ.get("VQA_UPLOAD_BUDGET_MB", 2048))  # the whole upload folder
+DELETE_CACHE = (600, 3600)  # every 10 minutes, delete uploads and rendered images older than an hour
 NOTICE = "⚠️ "  # marks messages of the app itself, which are not shown to the model as chat turns
 
 
 class ClipRejected(ValueError):
     """A clip the server will not take: too large or too long."""
+
+
+# what a user can cause: these get a message and one log line; anything else also a traceback in the log
+USER_ERRORS = (MediaError, ClipRejected, bundle.BundleError, QuestionError, HistoryError)
 
 
 # ---- models: loaded once, shared by every session ----
@@ -59,7 +72,7 @@ class Models:
         for folder in (bundle.adapters_dir() / name, Path(name)):
             if (folder / bundle.CONFIG_NAME).is_file():
                 return str(folder.resolve())
-        raise ValueError(f"no model {name!r}: pick one of {self.choices()} or give a bundle folder")
+        raise bundle.BundleError(f"no model {name!r}: pick one of {self.choices()} or give a bundle folder")
 
     def get(self, name: str | None):
         key = self.resolve(name)
@@ -76,11 +89,13 @@ class Models:
 
         start = time.perf_counter()
         qa = VideoQA.untrained() if key == UNTRAINED else VideoQA.from_pretrained(key)
+        qa.max_duration = MAX_DURATION_S  # enforced while decoding, so a file without a duration header is bounded too
         log.info("loaded model %s in %.1f s", key, time.perf_counter() - start)
         return qa
 
 
 MODELS = Models()
+SESSIONS = SessionFiles(gr.utils.get_upload_folder())  # the clips each live session loaded
 DEFAULT = {"model": UNTRAINED}  # the model loaded at start (set by build_demo); `/ask` uses it
 
 
@@ -186,39 +201,48 @@ def _container_duration(path: str) -> float | None:
         return None
 
 
-def readable(error: Exception, path: str | None = None) -> str:
-    """One line for the page: the engine's message with the server's temp path shortened to the file name."""
-    from .media import MediaError
+# an absolute path's folders (not a URL's): "/srv/app/adapters/x/config.json" -> "config.json"
+_FOLDERS = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\"]+/)+")
 
+
+def readable(error: Exception, path: str | None = None) -> str:
+    """One line for the page: the engine's message with no server path in it (each is cut to its file name)."""
     message = str(error)
     if path:
         message = message.replace(str(path), Path(path).name)
-    if isinstance(error, (MediaError, ClipRejected, bundle.BundleError)):
+    message = _FOLDERS.sub("", message)
+    if isinstance(error, USER_ERRORS):
         return message
     return f"{type(error).__name__}: {message}"
 
 
+def _log_failure(what: str, error: Exception, path: str | None = None) -> None:
+    """One line for a user's mistake; the traceback for anything else (a bug to look at)."""
+    if isinstance(error, USER_ERRORS):
+        log.warning("%s: %s", what, readable(error, path))
+    else:
+        log.error("%s", what, exc_info=error)
+
+
 # ---- handlers ----
 
-def load_clip(video: str | None, model: str):
+def load_clip(video: str | None, model: str, request: gr.Request | None = None):
     """New clip: check it, decode and encode it once, show the frames and log-mel, start a new chat.
 
     Returns (clip state, frames strip, log-mel image, clip info Markdown, chat history).
     """
     if not video:
         return None, None, None, "", []
+    SESSIONS.hold(getattr(request, "session_hash", None), video)  # deleted when this session ends
     try:
         check_clip(video)
         qa = MODELS.get(model)
         start = time.perf_counter()
         prepared = qa.prepare(video)
         clip = prepared.clip
-        if clip.duration > MAX_DURATION_S:
-            raise ClipRejected(f"{Path(video).name} lasts {clip.duration:.0f} s; clips up to "
-                               f"{MAX_DURATION_S:.0f} s are accepted")
         seconds = time.perf_counter() - start
-    except Exception as e:  # the page shows a line; the log keeps the trace
-        log.warning("could not load %s", video, exc_info=not isinstance(e, ValueError))
+    except Exception as e:  # the page shows a line; the log keeps one line, or the trace of a bug
+        _log_failure(f"could not load {Path(video).name}", e, video)
         message = readable(e, video)
         gr.Warning(message)
         return None, None, None, f"{NOTICE}**Could not use this clip.** {message}", []
@@ -237,7 +261,7 @@ def select_model(model: str) -> str:
     try:
         MODELS.get(model)
     except Exception as e:
-        log.warning("could not load model %s", model, exc_info=not isinstance(e, ValueError))
+        _log_failure(f"could not load model {model}", e)
         gr.Warning(readable(e))
         return f"{NOTICE}**Could not load {model}:** {readable(e)}"
     return model_notice(model)
@@ -271,12 +295,18 @@ def answer(history: list[dict], clip: dict | None, model: str, max_new_tokens: f
     try:
         check_clip(clip["video"])
         qa = MODELS.get(model)
-        for piece in qa.stream(clip["video"], question, history=earlier, max_new_tokens=int(max_new_tokens),
+        question, kept, dropped = qa.check_request(question, earlier)  # before any decoding
+        if dropped:
+            history = history[:-1] + [_notice(
+                f"The chat is over {MAX_CONVERSATION_TOKENS} tokens: the model no longer sees its oldest "
+                f"{dropped} turns. Clear the chat to start afresh."), history[-1]]
+            yield history
+        for piece in qa.stream(clip["video"], question, history=kept, max_new_tokens=int(max_new_tokens),
                                temperature=float(temperature)):
             reply += piece
             yield history + [{"role": "assistant", "content": reply}]
     except Exception as e:
-        log.warning("could not answer about %s", clip["video"], exc_info=not isinstance(e, ValueError))
+        _log_failure(f"could not answer about {Path(clip['video']).name}", e, clip["video"])
         yield history + ([{"role": "assistant", "content": reply}] if reply else []) + [
             _notice(f"Could not answer: {readable(e, clip['video'])}")]
         return
@@ -287,15 +317,62 @@ def answer(history: list[dict], clip: dict | None, model: str, max_new_tokens: f
 def ask(video: str | None, question: str) -> str:
     """One question about one clip with the default model: the `/ask` endpoint."""
     if not video:
-        raise gr.Error("Give a video file.")
+        raise gr.Error("Give a video file.", print_exception=False)
     if not (question or "").strip():
-        raise gr.Error("Give a question.")
+        raise gr.Error(EMPTY_QUESTION, print_exception=False)
     try:
         check_clip(video)
-        return MODELS.get(DEFAULT["model"]).ask(video, question.strip())
+        qa = MODELS.get(DEFAULT["model"])
+        question, _, _ = qa.check_request(question)  # a too long question costs nothing
+        return qa.ask(video, question)
     except Exception as e:
-        log.warning("could not answer about %s", video, exc_info=not isinstance(e, ValueError))
-        raise gr.Error(readable(e, video)) from None
+        _log_failure(f"could not answer about {Path(video).name}", e, video)
+        raise gr.Error(readable(e, video), print_exception=False) from None
+
+
+def end_session(request: gr.Request) -> None:
+    """The page was closed: delete the clips this session uploaded (unless another session holds them)."""
+    SESSIONS.end(getattr(request, "session_hash", None))
+
+
+def history_problem(payload, error=None) -> str:
+    """A specific message for a `/chat` history that is not a list of role/content messages
+    (`error`: Gradio's validation error, whose first problem is named when no simpler one is found)."""
+    turns = payload.get("root", payload) if isinstance(payload, dict) else payload
+    head = "Malformed chat history:"
+    if not isinstance(turns, list):
+        return f"{head} expected a list of {{role, content}} messages, got {type(turns).__name__}."
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            return f"{head} message {i} is not a {{role, content}} message: {str(turn)[:60]!r}."
+        if turn["role"] not in ("user", "assistant", "system"):
+            return f"{head} message {i} has role {str(turn['role'])[:30]!r}; expected user or assistant."
+        if not isinstance(turn["content"], (str, list, dict)):
+            return f"{head} message {i} has content of type {type(turn['content']).__name__}; expected text."
+    problems = error.errors() if error is not None else []
+    if problems:
+        loc = ".".join(str(part) for part in problems[0].get("loc", ()))
+        return f"{head} at {loc or 'the top'}: {problems[0].get('msg', 'invalid')}."
+    return f"{head} a message's content is neither text nor Gradio message parts."
+
+
+def _strict_history(chatbot: gr.Chatbot) -> None:
+    """Make a malformed `/chat` history fail with `history_problem`'s message, not Gradio's generic one."""
+    import pydantic
+
+    base = chatbot.data_model
+
+    class History(base):
+        @classmethod
+        def model_validate(cls, obj, *args, **kwargs):
+            try:
+                return base.model_validate(obj, *args, **kwargs)
+            except pydantic.ValidationError as e:
+                message = history_problem(obj, e)
+                log.warning("/chat: %s", message)
+                raise gr.Error(message, print_exception=False) from None
+
+    chatbot.data_model = History
 
 
 def refresh_models(model: str):
@@ -370,6 +447,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0: greedy)")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=420, placeholder="Answers stream in here.")
+                _strict_history(chatbot)
                 with gr.Row():
                     question.render()
                     send = gr.Button("Ask", variant="primary", scale=1, elem_id="send")
@@ -396,6 +474,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
         clear.click(lambda: [], None, chatbot, api_visibility="private")
         demo.load(refresh_models, picker, picker, api_visibility="private", queue=False)
         ask_btn.click(ask, [ask_video, ask_question], ask_answer, api_name="ask", concurrency_id="model")
+        demo.unload(end_session)
 
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
@@ -417,11 +496,15 @@ def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | N
     """Serve the app (port: `port`, else $GRADIO_SERVER_PORT, else 7860), print its URL, and block."""
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("vqa").setLevel(logging.INFO)
+    from starlette.middleware import Middleware
+
     demo = demo or build_demo()
+    budget = Middleware(UploadBudget, folder=SESSIONS.folder, budget=UPLOAD_BUDGET_MB * 2**20,
+                        max_upload=MAX_UPLOAD_MB * 2**20, sessions=SESSIONS)
     _, url, _ = demo.launch(
         server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
-        allowed_paths=sorted({str(p.parent) for p, _ in page_examples()}), ssr_mode=False, run_history=False, prevent_thread_lock=True,
-        quiet=True,
+        allowed_paths=sorted({str(p.parent) for p, _ in page_examples()}), ssr_mode=False, run_history=False,
+        prevent_thread_lock=True, quiet=True, app_kwargs={"middleware": [budget]},
     )
     print(f"vqa web chat running at {url}", flush=True)
     demo.block_thread()

@@ -5,14 +5,20 @@
         optimizer.pt           optimiser and scheduler of the stage in progress
         rng-rank<r>.pt         each process's RNG streams (torch, CUDA, numpy, python)
         state.json             stage, steps, data position, both config trees
+        manifest.json          every other file's size and SHA-256
 
-A checkpoint is written under a temporary name and renamed, so a process killed
-while saving leaves the previous one intact. Everything is loaded with
-`weights_only=True`, so a checkpoint never runs code.
+A checkpoint is written under a temporary name, flushed to disk, and renamed, so a
+process killed (or a machine losing power) while saving leaves the previous one intact
+and no newest-looking partial one. On resume, `latest_checkpoint` checks the newest
+against its manifest (or, for one written before manifests, loads each file); a damaged
+one is named with its file and the newest intact one is used instead. Everything is
+loaded with `weights_only=True`, so a checkpoint never runs code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,7 +31,14 @@ import torch
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
+MANIFEST = "manifest.json"
 PREFIX = "step-"
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the output folder can be resumed from; the message names each damaged file."""
 
 
 def checkpoints_dir(out_dir: str | Path) -> Path:
@@ -42,8 +55,68 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest intact checkpoint; None when there is none. A damaged newer one is reported (which
+    file, what is wrong) and passed over; if every one is damaged, CheckpointError says so."""
     found = list_checkpoints(out_dir)
-    return found[-1] if found else None
+    problems = []
+    for folder in reversed(found):
+        problem = verify(folder)
+        if problem is None:
+            if problems:
+                log.warning("resuming from %s, the newest intact checkpoint", folder)
+            return folder
+        log.warning("checkpoint %s is damaged, passing over it: %s", folder, problem)
+        problems.append(f"{folder.name}: {problem}")
+    if problems:
+        raise CheckpointError(
+            f"every checkpoint in {checkpoints_dir(out_dir)} is damaged ({'; '.join(problems)}); "
+            "delete that folder to train from the start")
+    return None
+
+
+def verify(folder: Path) -> str | None:
+    """What is wrong with a checkpoint, naming the file; None when it is intact."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return _try_loading(folder)  # written before manifests
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{manifest} cannot be read: {e}"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{path} has {size} bytes, {expected['bytes']} were written (truncated or overwritten)"
+        if _sha256(path) != expected["sha256"]:
+            return f"{path} does not match the checksum written with it (its bytes changed)"
+    return None
+
+
+def _try_loading(folder: Path) -> str | None:
+    from safetensors.torch import load_file
+
+    for path, read in [(folder / STATE, lambda p: json.loads(p.read_text())),
+                       (folder / WEIGHTS, lambda p: load_file(str(p))),
+                       (folder / OPTIMIZER, lambda p: torch.load(p, weights_only=True)),
+                       *[(p, lambda p: torch.load(p, weights_only=True)) for p in sorted(folder.glob("rng-rank*.pt"))]]:
+        if not path.is_file():
+            return f"{path} is missing"
+        try:
+            read(path)
+        except Exception as e:  # any reader's error means the same: this file cannot be resumed from
+            return f"{path} cannot be loaded: {type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -106,12 +179,33 @@ def save_main(tmp: Path, weights: dict[str, torch.Tensor], optimizer: dict, sche
 
 
 def publish(tmp: Path, final: Path, keep: int) -> None:
-    """Rename the finished checkpoint into place and drop all but the newest `keep`."""
+    """Write the manifest, flush every file to disk, rename the finished checkpoint into place,
+    and drop all but the newest `keep`."""
+    files = sorted(p for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for path in [*files, tmp / MANIFEST, tmp]:
+        _fsync(path)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(final.parent)
     for old in list_checkpoints(final.parent.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or folder's contents to disk (a folder: its entries), where the system allows."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
