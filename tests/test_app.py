@@ -456,3 +456,27 @@ def test_a_closed_page_deletes_the_clips_its_session_loaded(tiny_app, tmp_path, 
     assert Path(clip).exists()
     webapp.end_session(SimpleNamespace(session_hash="abc"))
     assert not Path(clip).exists()
+
+
+def test_the_page_shows_what_perception_found_and_an_unfamiliar_clip():
+    from types import SimpleNamespace as NS
+
+    import vqa.webapp as webapp
+
+    import numpy as np
+
+    from vqa.perception import Perception
+    from vqa.perception.sound import Sound
+    from vqa.perception.speech import Segment, Transcript
+
+    words = Transcript([Segment(0.5, 2.0, " Hello there.")], "en", 0.98, [])
+    sound = Sound(has_audio=True, silent=False, level_db=-20.0, peak_db=-6.0, speech=True, speech_s=1.5,
+                  music=False, tonal=0.2, music_cue="")
+    perception = Perception(words, None, sound, 3.0, ["sight is off: its weights package is not installed"])
+    clip = NS(has_audio=True, duration=3.0, width=64, height=64, fps=24.0, frames=np.zeros((4, 8, 8, 3)))
+    text = webapp.clip_info("a.mp4", clip, 0.5, NS(perception=perception, in_domain=False, domain_distance=3.2))
+    assert "0.5-2.0 s: Hello there." in text and "speech (en)" in text and f"sound: {', '.join(sound.labels)}" in text
+    assert "sight is off" in text
+    assert "looks unlike the clips this model was trained on" in text
+    assert "unlike" not in webapp.clip_info("a.mp4", clip, 0.5, NS(perception=None, in_domain=True,
+                                                                     domain_distance=0.5))

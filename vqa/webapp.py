@@ -160,16 +160,41 @@ def mel_image(mel: np.ndarray, duration: float, has_audio: bool) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
 
 
-def clip_info(name: str, clip, seconds: float) -> str:
+def clip_info(name: str, clip, seconds: float, prepared=None) -> str:
     sound = (
         "sound: yes" if clip.has_audio
         else f"**{NOTICE}no sound: this clip has no audio track, so the model hears silence.**"
     )
-    return (
+    text = (
         f"**{name}**: {clip.duration:.1f} s, {clip.width}x{clip.height}, {clip.fps:.1f} fps; "
         f"the model takes in {len(clip.frames)} frames and the log-mel below; {sound}  \n"
         f"Ready in {seconds:.1f} s: decoded and encoded once, follow-up questions reuse it."
     )
+    if prepared is not None and prepared.in_domain is False:
+        text += (f"\n\n**{NOTICE}this clip looks unlike the clips this model was trained on** (distance "
+                 f"{prepared.domain_distance:.2f} from them): what it says from the picture and sound may be guesses.")
+    if prepared is not None and prepared.perception is not None:
+        text += "\n\n" + perception_markdown(prepared.perception)
+    return text
+
+
+def perception_markdown(perception) -> str:
+    """What the pretrained models found, as the page shows it: transcript with times, sounds, concepts."""
+    lines = ["**What pretrained models perceived** (the model reads this as text; it can be wrong):"]
+    if perception.sound is not None:
+        lines.append(f"- sound: {', '.join(perception.sound.labels)}")
+    if perception.transcript is not None:
+        t = perception.transcript
+        if t.segments:
+            lines.append(f"- speech ({t.language}):")
+            lines += [f"    - {seg.start:.1f}-{seg.end:.1f} s: {seg.text.strip()}" for seg in t.segments]
+        else:
+            lines.append("- speech: no words heard")
+    if perception.concepts is not None:
+        seen = ", ".join(f"{c.name} ({c.prob:.2f})" for c in perception.concepts.concepts)
+        lines.append(f"- seen (ImageNet classes): {seen or 'nothing with confidence'}")
+    lines += [f"- {why}" for why in perception.notices]
+    return "\n".join(lines)
 
 
 # ---- checks ----
@@ -251,7 +276,7 @@ def load_clip(video: str | None, model: str, request: gr.Request | None = None):
         {"video": video},
         frames_strip(clip.frames, clip.timestamps),
         mel_image(mel, clip.duration, clip.has_audio),
-        clip_info(Path(video).name, clip, seconds),
+        clip_info(Path(video).name, clip, seconds, prepared),
         [],
     )
 
