@@ -76,3 +76,23 @@ def test_ask_refuses_a_long_question_and_names_a_folder(bundle_dir, tmp_path):
 def test_max_new_tokens_must_be_positive(tmp_path):
     out = run("ask", str(tmp_path / "clip.mp4"), "What?", "--max-new-tokens", "0")
     assert out.returncode == 2 and "must be at least 1" in out.stderr
+
+
+def test_ask_says_when_a_clip_is_unlike_the_training_clips(bundle_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from tests.helpers import write_clip
+    from vqa.domain import Domain
+
+    folder = tmp_path / "narrow"
+    shutil.copytree(bundle_dir, folder)
+    k, h = VideoQA.untrained(tiny_config()).model.num_video_tokens, 576
+    Domain(torch.zeros(k * h), torch.full((k * h,), 1e-3), threshold=0.5).save(folder)  # nothing real fits
+    clip = write_clip(tmp_path / "clip.mp4")
+    out = run("ask", str(clip), "What is this?", "--adapter", str(folder), "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    assert "looks unlike the clips this model was trained on" in out.stderr
+    out = run("ask", str(clip), "What is this?", "--adapter", str(bundle_dir), "--max-new-tokens", "4")
+    assert "looks unlike" not in out.stderr  # a bundle without a domain says nothing

@@ -14,7 +14,7 @@ USER_ERRORS = (MediaError, BundleError, QuestionError)
 def _load(args):
     from .api import VideoQA
 
-    return VideoQA.from_pretrained(args.adapter)
+    return VideoQA.from_pretrained(args.adapter, perception=getattr(args, "perception", None))
 
 
 def ask(args) -> int:
@@ -22,7 +22,10 @@ def ask(args) -> int:
         if not args.question.strip():  # before loading anything
             raise QuestionError(EMPTY_QUESTION)
         qa = _load(args)
-        for piece in qa.stream(args.clip, args.question, max_new_tokens=args.max_new_tokens,
+        qa.check_request(args.question)  # a question too long is refused before the clip is decoded
+        prepared = qa.prepare(args.clip)
+        _say_if_unfamiliar(prepared)
+        for piece in qa.stream(prepared, args.question, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature):
             print(piece, end="", flush=True)
         print()
@@ -40,6 +43,7 @@ def chat(args) -> int:
         print(f"vqa: {e}", file=sys.stderr)
         return 2
     clip = session.prepared.clip
+    _say_if_unfamiliar(session.prepared)
     sound = "with sound" if clip.has_audio else "no sound"
     print(f"{args.clip}: {clip.duration:.1f} s, {clip.width}x{clip.height}, {sound}. "
           "Ask a question; /reset forgets the conversation, /quit or Ctrl-D ends.")
@@ -63,3 +67,10 @@ def chat(args) -> int:
             print(f"vqa: {e}", file=sys.stderr)
             continue
         print()
+
+
+def _say_if_unfamiliar(prepared) -> None:
+    if prepared.in_domain is False:  # vqa.domain: unlike every clip the bundle was trained on
+        print(f"vqa: note: this clip looks unlike the clips this model was trained on (distance "
+              f"{prepared.domain_distance:.2f}); what it says from the picture and sound may be guesses",
+              file=sys.stderr)

@@ -98,6 +98,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default=None, help="bundle folder (default: adapters/avsynth)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    p.add_argument("--perception", action=argparse.BooleanOptionalAction, default=None,
+                   help="also give the LLM what pretrained models hear and see (default: where the bundle was "
+                        "trained with it)")
 
 
 def main(argv: list[str] | None = None) -> int:
