@@ -145,7 +145,7 @@ class Layer:
 
 
 # ---- cache ----
-@dataclass
+@dataclass(eq=False)  # compared by identity: it holds tensors
 class KVCache:
     """Keys and values of the first `length` positions, per layer (B, nkv, capacity, hs).
 
