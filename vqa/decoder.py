@@ -131,16 +131,35 @@ def _causal_lm(llm: nn.Module) -> nn.Module:
     return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
 
+class Fused:
+    """Linear layers over the same input: one GEMM over their stacked weights when `fuse` (fewer,
+    larger calls), else one each (exact mode: each layer's own GEMM, as transformers runs it)."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor | None]], kind: str, fuse: bool):
+        self.sizes = [w.shape[0] for w, _ in parts]
+        if fuse and len(parts) > 1:
+            biases = [b if b is not None else torch.zeros(w.shape[0]) for w, b in parts]
+            bias = None if all(b is None for _, b in parts) else torch.cat(biases)
+            self.linears = [Linear(torch.cat([w for w, _ in parts]), bias, kind)]
+        else:
+            self.linears = [Linear(w, b, kind) for w, b in parts]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:  # (..., in) -> [(..., out_i)]
+        if len(self.linears) == 1 and len(self.sizes) > 1:
+            return list(self.linears[0](x).split(self.sizes, dim=-1))
+        return [lin(x) for lin in self.linears]
+
+    def nbytes(self) -> int:
+        return sum(lin.nbytes() for lin in self.linears)
+
+
 @dataclass
 class Layer:
     attn_norm: torch.Tensor
-    q: Linear
-    k: Linear
-    v: Linear
+    qkv: Fused
     o: Linear
     mlp_norm: torch.Tensor
-    gate: Linear
-    up: Linear
+    gate_up: Fused
     down: Linear
 
 
@@ -253,12 +272,15 @@ class Decoder:
     def _layer(self, block) -> Layer:
         attn, mlp = block.self_attn, block.mlp
 
-        def lin(m):
-            return Linear(*merged_weight(m), self.weights)
+        fuse = self.mode == "fast"
 
-        return Layer(block.input_layernorm.weight.detach().clone(), lin(attn.q_proj), lin(attn.k_proj),
-                     lin(attn.v_proj), lin(attn.o_proj), block.post_attention_layernorm.weight.detach().clone(),
-                     lin(mlp.gate_proj), lin(mlp.up_proj), lin(mlp.down_proj))
+        def fused(*modules):
+            return Fused([merged_weight(m) for m in modules], self.weights, fuse)
+
+        return Layer(block.input_layernorm.weight.detach().clone(), fused(attn.q_proj, attn.k_proj, attn.v_proj),
+                     Linear(*merged_weight(attn.o_proj), self.weights),
+                     block.post_attention_layernorm.weight.detach().clone(), fused(mlp.gate_proj, mlp.up_proj),
+                     Linear(*merged_weight(mlp.down_proj), self.weights))
 
     # ---- pieces ----
     def new_cache(self, batch: int = 1, capacity: int = MIN_CAPACITY, key: str = "") -> KVCache:
@@ -312,9 +334,10 @@ class Decoder:
         x = embeds.to(self.dtype)
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
-            q = layer.q(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
-            k = layer.k(h).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
-            v = layer.v(h).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
+            q, k, v = layer.qkv(h)
+            q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
+            k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
+            v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             cache.k[i][:, :, start:end] = k
@@ -324,7 +347,8 @@ class Decoder:
                                                scale=self.scale, enable_gqa=True)  # (B, nh, L, hs)
             x = x + layer.o(y.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
             h = self._norm(x, layer.mlp_norm)
-            x = x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
+            gate, up = layer.gate_up(h)
+            x = x + layer.down(F.silu(gate) * up)
         cache.length = end
         x = x if all_logits else x[:, -1]
         return self.head(self._norm(x, self.norm))
@@ -382,8 +406,8 @@ class Decoder:
 
     def nbytes(self) -> int:
         """Bytes of weights one token reads (the layers and the LM head)."""
-        lins = [self.head] + [getattr(lay, n) for lay in self.layers for n in ("q", "k", "v", "o", "gate", "up", "down")]
-        return sum(lin.nbytes() for lin in lins)
+        parts = [self.head] + [getattr(lay, n) for lay in self.layers for n in ("qkv", "o", "gate_up", "down")]
+        return sum(part.nbytes() for part in parts)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
