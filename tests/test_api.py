@@ -169,3 +169,59 @@ def test_malformed_history_gets_a_specific_message(qa, clip, history, problem):
 def test_a_folder_is_called_a_folder(qa, tmp_path):
     with pytest.raises(MediaError, match="is a folder, not a video file"):
         qa.ask(tmp_path, "What is this?")
+
+
+@pytest.fixture
+def exact(qa):
+    qa.model.decoding = "exact"
+    yield qa
+    qa.model.decoding = "fast"
+
+
+def count_new_positions(qa, monkeypatch):
+    """Positions the lean decoder computes per call."""
+    dec = qa.model.decoder()
+    calls = []
+    real = dec.forward
+    monkeypatch.setattr(dec, "forward", lambda e, c, **k: calls.append(e.shape[1]) or real(e, c, **k))
+    return calls
+
+
+def test_follow_up_computes_only_its_new_tokens(exact, clip, monkeypatch):
+    qa = exact
+    calls = count_new_positions(qa, monkeypatch)
+    chat = qa.chat(clip)
+    first = chat.ask("Describe the clip.", max_new_tokens=6)
+    prompt_len = calls[0]
+    assert prompt_len > qa.model.num_video_tokens
+    calls.clear()
+    follow = chat.ask("And the sound?", max_new_tokens=6)
+    assert 0 < calls[0] < 20, calls  # "...<|im_end|>\n<|im_start|>user\nAnd the sound?..." only
+    # the same answers as a model that computes every prompt whole
+    pool, qa.prefixes = qa.prefixes, vqa.api.PrefixPool(0)
+    calls.clear()
+    assert qa.ask(clip, "Describe the clip.", max_new_tokens=6) == first
+    assert qa.ask(clip, "And the sound?", history=chat.history[:2], max_new_tokens=6) == follow
+    assert calls[0] > prompt_len
+    qa.prefixes = pool
+
+
+def test_prefix_pool_is_bounded(exact, tmp_path):
+    qa = exact
+    paths = [write_clip(tmp_path / f"p{i}.mp4", tone_hz=300.0 + 100 * i) for i in range(3)]
+    qa.ask(paths[0], "Is there a beep?", max_new_tokens=2)
+    one = qa.prefixes.nbytes()
+    qa.prefixes.max_bytes = 2 * one
+    for p in paths:
+        qa.ask(p, "Is there a beep?", max_new_tokens=2)
+    assert len(qa.prefixes) == 2 and qa.prefixes.nbytes() <= 2 * one
+    qa.prefixes.max_bytes = vqa.api.PREFIX_CACHE_BYTES
+
+
+def test_ask_many_equals_one_at_a_time(exact, clip, tmp_path):
+    qa = exact
+    other = write_clip(tmp_path / "other.mp4", tone_hz=None)
+    pairs = [(clip, "What is in the video?"), (other, "Is there a sound?"), (clip, "What color is the square?")]
+    assert qa.ask_many(pairs, batch_size=2, max_new_tokens=6) == [qa.ask(v, q, max_new_tokens=6) for v, q in pairs]
+    with pytest.raises(ValueError, match="batch_size"):
+        qa.ask_many(pairs, batch_size=0)

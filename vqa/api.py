@@ -1,10 +1,13 @@
 """The Python API: load a bundle, ask about clips, chat over one clip.
 
-Thread-safe: the model is only read after loading, and the one shared mutable
-thing, the cache of encoded clips, sits behind a lock. Clips are keyed by a
-hash of the file's bytes, so a second question about the same file neither
-decodes nor encodes it again. The cache is bounded by count and by bytes, and a
-cached clip keeps its frames, log-mel and tokens, not its sound samples.
+Thread-safe: the model is only read after loading, and the shared mutable
+things, the cache of encoded clips and the pool of conversations' keys and
+values, sit behind locks. Clips are keyed by a hash of the file's bytes, so a
+second question about the same file neither decodes nor encodes it again; a
+follow-up question (or another question about the same clip) computes only the
+tokens its prompt does not share with one the pool holds. The clip cache is
+bounded by count and by bytes, and a cached clip keeps its frames, log-mel and
+tokens, not its sound samples.
 
 One request's work is bounded before the model runs: `max_duration` refuses long
 clips while they decode, and the question and history are bounded in tokens
@@ -27,6 +30,7 @@ import torch
 
 from . import bundle
 from .config import ModelConfig
+from .decoder import KVCache, common_prefix
 from .features import clip_features
 from .limits import MAX_CONVERSATION_TOKENS, MAX_QUESTION_TOKENS, check_history, check_question, fit_history
 from .media import Clip, MediaError, load_clip
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 CACHE_SIZE = 32
 CACHE_BYTES = 256 * 2**20  # about 20 clips of 16 frames at 224 px
 PERCEPTION_TOKENS = 160  # the text block's budget where a bundle not trained with one is asked to read it
+# keys and values of idle conversations kept for their next turn; least recently used dropped first
+PREFIX_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -84,6 +90,7 @@ class VideoQA:
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
+        self.prefixes = PrefixPool(PREFIX_CACHE_BYTES)
 
     # ---- construction ----
     @classmethod
@@ -107,6 +114,7 @@ class VideoQA:
         bundle.load_weights(model, folder)
         if device:
             model.to(device)
+        model.decoder()  # merge and pack the weights now, not on the first question
         from .domain import Domain
 
         return cls(model, source=str(folder), perception=perception, domain=Domain.load(folder))
@@ -209,21 +217,101 @@ class VideoQA:
                              f"tokens beside the clip's {self.model.num_video_tokens} and a conversation's "
                              f"{MAX_CONVERSATION_TOKENS}")
         prepared = video if isinstance(video, PreparedClip) else self.prepare(video)
-        context = "" if prepared.perception is None else prepared.perception.to_text(
-            self.perception_tokens, count=lambda text: len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        messages = _messages(history, question, context)
-        yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+        messages = _messages(history, question, self._context(prepared))
+        decoder = self.model.decoder()
+        if decoder is None:
+            yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens,
+                                         temperature=temperature)
+            return
+        ids = self.model.encode_prompt(messages).input_ids.tolist()
+        cache = self.prefixes.take(decoder, prepared.key, ids) or decoder.new_cache(
+            capacity=len(ids) + max_new_tokens, key=prepared.key)
+        try:
+            yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, cache=cache)
+        finally:  # also when the reader stops early: the cache holds every position it computed
+            self.prefixes.put(decoder, cache)
 
     def ask(self, video, question: str, history: list[dict] | None = None, max_new_tokens: int = 128,
             temperature: float = 0.0) -> str:
         return "".join(self.stream(video, question, history, max_new_tokens, temperature)).strip()
 
+    def ask_many(self, pairs: list[tuple], batch_size: int = 16, max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers to many (clip, question) pairs, asked in batches of batch_size; in order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        questions = [self.check_request(question)[0] for _, question in pairs]  # before any decoding
+        prepared = [(self.prepare(video), question) for (video, _), question in zip(pairs, questions)]
+        prompts = [self.model.encode_prompt(_messages([], question, self._context(clip))) for clip, question in prepared]
+        # similar lengths together: less padding per batch
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+        answers = [""] * len(prompts)
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                tokens = torch.stack([prepared[i][0].tokens for i in idx])  # (B, K, H)
+                texts = self.model.generate_batch(tokens, [prompts[i] for i in idx], max_new_tokens=max_new_tokens)
+                for i, text in zip(idx, texts):
+                    answers[i] = text.strip()
+        return answers
+
     def chat(self, video) -> "Chat":
         return Chat(self, self.prepare(video))
 
+    def _context(self, prepared: PreparedClip) -> str:
+        """The perception text the LLM reads after the clip tokens ("" where perception is off)."""
+        if prepared.perception is None:
+            return ""
+        tokenizer = self.model.tokenizer
+        return prepared.perception.to_text(
+            self.perception_tokens, count=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+
+class PrefixPool:
+    """Keys and values of recent conversations (lean decoder only), lent to the next prompt that
+    starts the same way: a chat's follow-up takes its own conversation's cache over and extends it;
+    a prompt that shares only part of a cached one gets a copy of that part. Bounded in bytes; a
+    cache in use is not in the pool, so the idle ones are dropped first, least recently used first."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: list[KVCache] = []  # least recently used first
+        self._decoder = None  # the decoder the entries belong to; a new one empties the pool
+        self._lock = threading.Lock()
+
+    def take(self, decoder, key: str, ids: list[int]) -> KVCache | None:
+        with self._lock:
+            if decoder is not self._decoder:
+                self._entries, self._decoder = [], decoder
+            best, n = None, 0
+            for entry in self._entries:
+                shared = common_prefix(entry.ids, ids) if entry.key == key else 0
+                if shared > n:
+                    best, n = entry, shared
+            if best is None:
+                return None
+            if n == best.length:  # the prompt extends it: hand it over
+                self._entries.remove(best)
+                return best
+            return best.copy(n)  # a branch: the original stays for its own conversation
+
+    def put(self, decoder, cache: KVCache) -> None:
+        with self._lock:
+            if decoder is not self._decoder:
+                self._entries, self._decoder = [], decoder
+            self._entries.append(cache)
+            while self._entries and self.nbytes() > self.max_bytes:
+                self._entries.pop(0)
+
+    def nbytes(self) -> int:
+        return sum(e.nbytes() for e in self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
 
 class Chat:
-    """Several turns about one clip, which is encoded once."""
+    """Several turns about one clip, which is encoded once; each turn computes only its new tokens."""
 
     def __init__(self, qa: VideoQA, prepared: PreparedClip):
         self.qa = qa

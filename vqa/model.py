@@ -4,6 +4,8 @@ Notation: B batch, L prompt length, K clip tokens, D encoder width, H LLM hidden
 """
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -12,8 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .decoder import MODES, Decoder, KVCache, unsupported_reason
 from .encoder import AVEncoder
 from .prompt import IGNORE_INDEX, EncodedPrompt, encode_conversation, pad_batch
+
+logger = logging.getLogger(__name__)
+# how answers are generated: "fast" (the lean decoder, fp16 weights), "exact" (the lean decoder in
+# fp32, greedy tokens equal to transformers' generate) or "transformers" (generate itself)
+DECODING_ENV = "VQA_DECODING"
+DECODINGS = MODES + ("transformers",)
+_fallback_logged: set[str] = set()
 
 
 class Projector(nn.Module):
@@ -58,6 +68,9 @@ class VideoLLM(nn.Module):
         self.llm = add_lora(llm, config) if config.lora is not None else llm
         self.video_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stop_ids = _stop_ids(tokenizer)
+        self.decoding = os.environ.get(DECODING_ENV, "fast")
+        self._decoder: tuple[tuple, Decoder] | None = None  # (weights' fingerprint, decoder)
+        self._decoder_lock = threading.Lock()
 
     @property
     def num_video_tokens(self) -> int:
@@ -110,6 +123,29 @@ class VideoLLM(nn.Module):
         return F.cross_entropy(logits.float(), targets[keep])
 
     # ---- generation ----
+    def decoder(self) -> Decoder | None:
+        """The lean decoder over the current weights (LoRA merged into copies), built on first use and
+        rebuilt when the weights change; None where `decoding` is "transformers" or the LLM is not
+        one it runs (then transformers' generate answers, said once in the log)."""
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if self.decoding == "transformers":
+            return None
+        reason = unsupported_reason(self.llm)
+        if reason is not None:
+            if reason not in _fallback_logged:
+                _fallback_logged.add(reason)
+                logger.warning("answers come from transformers' generate: the lean decoder does not run this LLM (%s)",
+                               reason)
+            return None
+        # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
+        fingerprint = (self.decoding, tuple((id(p), p._version) for p in self.llm.parameters()))
+        with self._decoder_lock:
+            if self._decoder is None or self._decoder[0] != fingerprint:
+                self._decoder = None  # free the old copies before making new ones
+                self._decoder = (fingerprint, Decoder(self.llm, self.decoding))
+            return self._decoder[1]
+
     @torch.no_grad()
     def stream(
         self,
@@ -118,8 +154,40 @@ class VideoLLM(nn.Module):
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_p: float = 0.9,
+        cache: KVCache | None = None,
     ) -> Iterator[str]:
-        """Yield the answer's text as it is generated. video_tokens: (K, H) or None (blind)."""
+        """Yield the answer's text as it is generated. video_tokens: (K, H) or None (blind).
+
+        `cache` (lean decoder only) holds an earlier prompt's keys and values for this clip: the
+        positions this prompt shares with it are not computed again, and it is left holding this
+        conversation for the next turn."""
+        decoder = self.decoder()
+        if decoder is None:
+            yield from self._stream_generate(video_tokens, messages, max_new_tokens, temperature, top_p)
+            return
+        prompt = self.encode_prompt(messages, blind=video_tokens is None)
+        ids = prompt.input_ids.tolist()
+        if cache is None:
+            cache = decoder.new_cache(capacity=len(ids) + max_new_tokens)
+        tokens = None if video_tokens is None else video_tokens.unsqueeze(0)
+        embeds = self.embed(prompt.input_ids[None].to(self.device), prompt.video_mask[None].to(self.device), tokens)
+        logits = decoder.prefill(ids, embeds.float(), cache)
+        new: list[int] = []
+        shown = ""
+        for token in decoder.stream(logits, cache, self.stop_ids, max_new_tokens, temperature, top_p):
+            new.append(token)
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            # hold back a split multi-byte character; show only text that later tokens extend
+            if text.startswith(shown) and not text.endswith("\ufffd"):
+                if len(text) > len(shown):
+                    yield text[len(shown):]
+                shown = text
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+
+    def _stream_generate(self, video_tokens, messages, max_new_tokens, temperature, top_p) -> Iterator[str]:
+        """`stream` through transformers' generate in a worker thread."""
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         class StopWhenClosed(StoppingCriteria):
@@ -176,6 +244,11 @@ class VideoLLM(nn.Module):
         for prompts encoded blind."""
         batch = pad_batch(prompts, self.tokenizer.pad_token_id or 0, side="left")
         embeds = self.embed(batch["input_ids"].to(self.device), batch["video_mask"].to(self.device), video_tokens)
+        decoder = self.decoder()
+        if decoder is not None:
+            pad = (batch["attention_mask"] == 0).sum(1)  # (B,)
+            out = decoder.generate_batch(embeds.float(), pad, self.stop_ids, max_new_tokens)
+            return self.tokenizer.batch_decode(out, skip_special_tokens=True)
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=batch["attention_mask"].to(self.device),

@@ -1,0 +1,201 @@
+"""Serving speed with the default bundle: generation, first tokens, clip-ready time, batches and memory.
+
+    python benchmarks/bench_generate.py [--adapter DIR] [--tokens 64] [--repeats 3]
+
+Prints one markdown table. Generation is timed in one run for the lean decoder's fast and exact
+modes and for transformers' `generate` of the same PEFT model (decode tokens/s after the first
+token, best of --repeats, the three interleaved so that a busy machine slows them alike), with
+each one's ratio to `generate`. First token: a new 10 s 720p clip (decode, features, encoder,
+prompt) and a chat's follow-up question. Clip-ready: `VideoQA.prepare` on that clip, whole and
+split into decoding, features and encoder. Batches: `ask_many` against one question at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+QUESTION = "Describe this clip."
+
+
+def make_clip(path: Path, seconds: float = 10.0, fps: int = 30, width: int = 1280, height: int = 720) -> Path:
+    """A 720p H.264/AAC clip: a square crossing a gradient, and a tone that beeps."""
+    import av
+
+    n = int(seconds * fps)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)], -1).astype(np.uint8)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = out.add_stream("aac", rate=16000, layout="mono")
+        for i in range(n):
+            img = base.copy()
+            x = int(i * (width - 160) / (n - 1))
+            img[height // 2 - 80: height // 2 + 80, x: x + 160] = (220, 40, 40)
+            for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        t = np.arange(int(seconds * 16000)) / 16000
+        wave = (0.3 * np.sin(2 * np.pi * 660 * t) * ((t % 2) < 0.3)).astype(np.float32)
+        for start in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    return path
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def decode_rate(model, embeds, ids, n: int, how: str) -> float:
+    """Tokens/s after the first token, for exactly n new tokens (no stop token)."""
+    if how == "transformers":
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        first: list[float] = []
+
+        class Clock(StoppingCriteria):  # called once per new token
+            def __call__(self, input_ids, scores, **kwargs):
+                if not first:
+                    first.append(time.perf_counter())
+                return False
+
+        model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                           max_new_tokens=n, min_new_tokens=n, do_sample=False, temperature=None, top_p=None,
+                           top_k=None, pad_token_id=model.tokenizer.pad_token_id,
+                           stopping_criteria=StoppingCriteriaList([Clock()]))
+        return (n - 1) / (time.perf_counter() - first[0])
+    model.decoding = how
+    dec = model.decoder()
+    cache = dec.new_cache(capacity=len(ids) + n)
+    stream = dec.stream(dec.prefill(ids, embeds, cache), cache, [], n)
+    next(stream)
+    t0 = time.perf_counter()
+    count = sum(1 for _ in stream)
+    return count / (time.perf_counter() - t0)
+
+
+def first_piece(stream) -> float:
+    t0 = time.perf_counter()
+    next(iter(stream))
+    elapsed = time.perf_counter() - t0
+    stream.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", default=None, help="bundle folder (default: adapters/avsynth)")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--questions", type=int, default=16, help="pairs for ask_many against one at a time")
+    args = parser.parse_args()
+
+    from vqa.api import PrefixPool, VideoQA
+    from vqa.features import clip_features
+    from vqa.media import load_clip
+
+    rows = []
+    t0 = time.perf_counter()
+    qa = VideoQA.from_pretrained(args.adapter)
+    rows.append(("load the bundle (LLM, weights, fast decoder)", f"{time.perf_counter() - t0:.2f} s", ""))
+    rss_loaded = rss_mb()
+    model = qa.model
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(Path(tmp) / "clip720p.mp4")
+        prepared = qa.prepare(clip)
+
+        # ---- generation ----
+        prompt = model.encode_prompt([{"role": "user", "content": f"<video>\n{QUESTION}"}])
+        ids = prompt.input_ids.tolist()
+        with torch.no_grad():
+            embeds = model.embed(prompt.input_ids[None], prompt.video_mask[None], prepared.tokens[None])
+        hows = ("fast", "exact", "transformers")
+        best = {h: 0.0 for h in hows}
+        for how in hows[:2]:  # build both decoders before timing
+            model.decoding = how
+            model.decoder()
+        for _ in range(args.repeats):
+            for how in hows:
+                best[how] = max(best[how], decode_rate(model, embeds, ids, args.tokens, how))
+        for how in hows:
+            ratio = f"{best[how] / best['transformers']:.2f}x generate"
+            rows.append((f"tokens/s, {how}" + (" (generate, fp32)" if how == "transformers" else " mode"),
+                         f"{best[how]:.1f}", ratio if how != "transformers" else ""))
+        model.decoding = "fast"
+        model.decoder()
+
+        # ---- clip-ready and first tokens ----
+        media = model.config.media
+        ready, dec_s, feat_s, enc_s, first_new, first_follow = ([] for _ in range(6))
+        for _ in range(args.repeats):
+            qa._cache.clear()
+            qa.prefixes = PrefixPool(qa.prefixes.max_bytes)
+            t = time.perf_counter()
+            qa.prepare(clip)
+            ready.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            c = load_clip(clip, num_frames=media.num_frames, size=media.size)
+            dec_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            frames, mel = clip_features(c, media, mel_frames=model.config.encoder.audio_frames)
+            feat_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with torch.no_grad():
+                model.get_video_features(frames[None], mel[None])
+            enc_s.append(time.perf_counter() - t)
+            qa._cache.clear()
+            first_new.append(first_piece(qa.stream(clip, QUESTION, max_new_tokens=32)))
+            chat = qa.chat(clip)
+            chat.ask(QUESTION, max_new_tokens=32)
+            first_follow.append(first_piece(chat.stream("And what is heard?", max_new_tokens=32)))
+        rows += [
+            ("clip ready, 10 s 720p (prepare)", f"{min(ready) * 1e3:.0f} ms", ""),
+            ("  decode (load_clip)", f"{min(dec_s) * 1e3:.0f} ms", ""),
+            ("  features (frames, log-mel)", f"{min(feat_s) * 1e3:.0f} ms", ""),
+            ("  encoder + projector", f"{min(enc_s) * 1e3:.0f} ms", ""),
+            ("first token, new 10 s 720p clip", f"{min(first_new) * 1e3:.0f} ms", ""),
+            ("first token, follow-up question", f"{min(first_follow) * 1e3:.0f} ms", ""),
+        ]
+
+        # ---- batches ----
+        questions = ["What color is the object that beeps?", "How many objects are there?", "Is there a sound?",
+                     "What shape is the red object?"]
+        pairs = [(clip, questions[i % len(questions)]) for i in range(args.questions)]
+        qa.ask_many(pairs[:2], batch_size=2, max_new_tokens=8)
+        t = time.perf_counter()
+        for video, q in pairs:
+            qa.ask(video, q, max_new_tokens=8)
+        one = len(pairs) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        qa.ask_many(pairs, batch_size=args.questions, max_new_tokens=8)
+        many = len(pairs) / (time.perf_counter() - t)
+        rows += [("questions/s, one at a time (8 new tokens)", f"{one:.2f}", ""),
+                 (f"questions/s, ask_many (batch {args.questions})", f"{many:.2f}", f"{many / one:.2f}x")]
+
+    rows += [("RSS after loading (fast decoder built)", f"{rss_loaded:.0f} MB", ""),
+             ("peak RSS (both decoders built, caches)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+              "")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.tokens} new tokens per timing, "
+          f"best of {args.repeats}\n")
+    print("| measure | value | ratio |\n| --- | --- | --- |")
+    for name, value, ratio in rows:
+        print(f"| {name} | {value} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

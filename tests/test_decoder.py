@@ -1,0 +1,230 @@
+"""The lean decoder against transformers: tiny random Llama and Qwen2 models with LoRA, and the real bundle."""
+import logging
+
+import pytest
+import torch
+
+from tests.helpers import tiny_config, tiny_llm, write_clip
+from vqa.decoder import Decoder, common_prefix, pick, unsupported_reason
+from vqa.model import VideoLLM
+
+
+def lora_model(tokenizer, kind="llama"):
+    """A VideoLLM over a tiny random LLM whose LoRA weights are non-zero (so merging matters)."""
+    torch.manual_seed(0)
+    if kind == "llama":
+        llm = tiny_llm(tokenizer)
+    else:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        llm = Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.5))
+    model = VideoLLM(tiny_config(), llm, tokenizer).eval()
+    with torch.no_grad():
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
+def prompt_embeds(model, question="What is in the clip?", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(model.num_video_tokens, model.llm.config.hidden_size, generator=g)
+    prompt = model.encode_prompt([{"role": "user", "content": f"<video>\n{question}"}])
+    embeds = model.embed(prompt.input_ids[None], prompt.video_mask[None], tokens[None])
+    return prompt.input_ids.tolist(), embeds, tokens
+
+
+def hf_greedy(model, embeds, n):
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                             max_new_tokens=n, eos_token_id=model.stop_ids, pad_token_id=model.tokenizer.pad_token_id,
+                             do_sample=False, temperature=None, top_p=None, top_k=None)
+    ids = out[0].tolist()
+    return ids[:next((i for i, t in enumerate(ids) if t in model.stop_ids), len(ids))]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_exact_mode_matches_the_peft_model(tokenizer, kind):
+    model = lora_model(tokenizer, kind)
+    ids, embeds, _ = prompt_embeds(model)
+    dec = Decoder(model.llm, "exact")
+    cache = dec.new_cache()
+    logits = dec.forward(embeds, cache, all_logits=True)  # (1, L, V)
+    with torch.no_grad():
+        ref = model.llm(inputs_embeds=embeds).logits
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    cache = dec.new_cache()
+    tokens = list(dec.stream(dec.prefill(ids, embeds, cache), cache, model.stop_ids, 12))
+    assert tokens == hf_greedy(model, embeds, 12)[:len(tokens)] and len(tokens) >= 1
+
+
+@pytest.mark.parametrize("weights", ["fp16", "int8", "bf16"])
+def test_fast_weights_stay_close(tokenizer, weights):
+    model = lora_model(tokenizer)
+    _, embeds, _ = prompt_embeds(model)
+    exact = Decoder(model.llm, "exact").forward(embeds, Decoder(model.llm, "exact").new_cache())
+    dec = Decoder(model.llm, "fast", weights)
+    fast = dec.forward(embeds, dec.new_cache())
+    # relative to the logits' spread; fp16 weights are ~16x finer than bf16
+    tol = {"fp16": 0.01, "int8": 0.3, "bf16": 0.3}[weights]
+    assert (fast - exact).abs().max() < tol * exact.std()
+
+
+def test_building_the_decoder_leaves_the_model_alone(tokenizer):
+    model = lora_model(tokenizer)
+    before = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
+    Decoder(model.llm, "exact")
+    Decoder(model.llm, "fast")
+    for n, p in model.llm.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_model_rebuilds_the_decoder_when_weights_change(tokenizer):
+    model = lora_model(tokenizer)
+    model.decoding = "exact"
+    first = model.decoder()
+    assert model.decoder() is first
+    with torch.no_grad():
+        next(p for n, p in model.llm.named_parameters() if "lora_B" in n).add_(0.5)  # as an optimizer step does
+    assert model.decoder() is not first
+
+
+def test_a_cached_prefix_gives_the_same_logits(tokenizer):
+    model = lora_model(tokenizer)
+    ids, embeds, _ = prompt_embeds(model)
+    dec = Decoder(model.llm, "exact")
+    whole = dec.prefill(ids, embeds, dec.new_cache())
+    cache = dec.new_cache()
+    dec.prefill(ids[:-5], embeds[:, :-5], cache)
+    computed = []
+    real = dec.forward
+    dec.forward = lambda e, c, **k: computed.append(e.shape[1]) or real(e, c, **k)
+    resumed = dec.prefill(ids, embeds, cache)
+    assert computed == [5]
+    torch.testing.assert_close(resumed, whole, rtol=1e-4, atol=1e-4)
+    # a prompt that branches off earlier reuses only the shared part
+    computed.clear()
+    dec.prefill(ids[:-8] + ids[-3:], torch.cat([embeds[:, :-8], embeds[:, -3:]], 1), cache)
+    assert computed == [3]
+
+
+def test_cache_grows_and_copies(tokenizer):
+    model = lora_model(tokenizer)
+    ids, embeds, _ = prompt_embeds(model)
+    dec = Decoder(model.llm, "exact")
+    cache = dec.new_cache(capacity=1)
+    dec.prefill(ids, embeds, cache)
+    assert cache.capacity >= len(ids) == cache.length
+    copy = cache.copy(10)
+    assert copy.length == 10 and copy.ids == ids[:10]
+    torch.testing.assert_close(copy.k[0][:, :, :10], cache.k[0][:, :, :10])
+
+
+def test_batch_equals_one_at_a_time(tokenizer):
+    model = lora_model(tokenizer)
+    model.decoding = "exact"
+    questions = ["What is in the clip?", "Is there a sound in it at all?", "Colour?"]
+    tokens = torch.randn(len(questions), model.num_video_tokens, model.llm.config.hidden_size)
+    prompts = [model.encode_prompt([{"role": "user", "content": f"<video>\n{q}"}]) for q in questions]
+    batched = model.generate_batch(tokens, prompts, max_new_tokens=6)
+    single = [model.generate_batch(tokens[i:i + 1], [p], max_new_tokens=6)[0] for i, p in enumerate(prompts)]
+    assert batched == single
+
+
+def test_stream_stops_when_the_reader_goes_away(tokenizer):
+    model = lora_model(tokenizer)
+    model.stop_ids = []  # nothing ends it early
+    dec = model.decoder()
+    steps = []
+    real = dec.forward
+    dec.forward = lambda e, c, **k: steps.append(e.shape[1]) or real(e, c, **k)
+    _, _, tokens = prompt_embeds(model)
+    msgs = [{"role": "user", "content": "<video>\nHi"}]
+    assert len(list(model.stream(tokens, msgs, max_new_tokens=20))) >= 1
+    full = len(steps)
+    steps.clear()
+    stream = model.stream(tokens, msgs, max_new_tokens=20)
+    next(stream)
+    stream.close()
+    assert len(steps) < full // 2, (len(steps), full)
+
+
+def test_stop_token_ends_the_answer(tokenizer):
+    model = lora_model(tokenizer)
+    ids, embeds, _ = prompt_embeds(model)
+    dec = Decoder(model.llm, "exact")
+    cache = dec.new_cache()
+    logits = dec.prefill(ids, embeds, cache)
+    first = int(logits.argmax())
+    assert list(dec.stream(logits, cache, [first], 10)) == []
+
+
+def test_sampling(tokenizer):
+    logits = torch.tensor([[0.0, 5.0, 4.9, -3.0]])
+    g = torch.Generator().manual_seed(0)
+    assert all(int(pick(logits, 1.0, 0.01, g)) == 1 for _ in range(20))  # top-p keeps the top token only
+    drawn = {int(pick(logits, 1.0, 0.99, g)) for _ in range(200)}
+    assert {1, 2} <= drawn and 3 not in drawn
+    model = lora_model(tokenizer)
+    _, _, tokens = prompt_embeds(model)
+    msgs = [{"role": "user", "content": "<video>\nHi"}]
+    torch.manual_seed(0)
+    samples = {"".join(model.stream(tokens, msgs, max_new_tokens=5, temperature=2.0)) for _ in range(4)}
+    assert len(samples) > 1
+
+
+def test_other_models_fall_back_to_generate_once(tokenizer, caplog):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from vqa.config import LoraConfig
+
+    llm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=256))
+    cfg = tiny_config()
+    cfg.lora = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=("c_attn",))
+    model = VideoLLM(cfg, llm, tokenizer).eval()
+    assert "gpt2" in unsupported_reason(model.llm)
+    _, _, tokens = prompt_embeds(model)
+    msgs = [{"role": "user", "content": "<video>\nHi"}]
+    with caplog.at_level(logging.WARNING, logger="vqa.model"):
+        for _ in range(2):
+            assert list(model.stream(tokens, msgs, max_new_tokens=3))
+    assert sum("transformers' generate" in r.message for r in caplog.records) == 1
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0
+
+
+QUESTIONS = [
+    "What color is the object that beeps?", "How many objects are there?", "Describe this clip.",
+    "Is there a sound?", "What shape is the red object?", "Which object moves?", "How many beeps are there?",
+    "Is the beep high or low?", "What is heard?", "What is seen?",
+]
+
+
+@pytest.mark.slow
+def test_exact_mode_is_token_for_token_generate(tmp_path):
+    """50 prompts (5 clips x 10 questions) with the default bundle: the exact decoder's greedy tokens
+    equal transformers' generate of the same PEFT model."""
+    from vqa.api import VideoQA
+
+    qa = VideoQA.from_pretrained()
+    model = qa.model
+    model.decoding = "exact"
+    dec = model.decoder()
+    differ = []
+    for c in range(5):
+        clip = write_clip(tmp_path / f"c{c}.mp4", seconds=1.0 + 0.5 * c, tone_hz=None if c == 2 else 300.0 + 150 * c)
+        video = qa.prepare(clip).tokens
+        for q in QUESTIONS:
+            prompt = model.encode_prompt([{"role": "user", "content": f"<video>\n{q}"}])
+            embeds = model.embed(prompt.input_ids[None], prompt.video_mask[None], video[None])
+            cache = dec.new_cache()
+            ours = list(dec.stream(dec.prefill(prompt.input_ids.tolist(), embeds, cache), cache, model.stop_ids, 8))
+            ref = hf_greedy(model, embeds, 8)
+            if ours != ref:
+                differ.append((c, q, ours, ref))
+    assert not differ, differ
