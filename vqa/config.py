@@ -91,9 +91,19 @@ class EncoderConfig:
     # the caption's slots naming the beeping object copy the slots of the colour whose beep count is not
     # zero (vqa.caption.source_pointer; needs a summary token per caption slot)
     source_pointer: bool = False
+    # pretrained Hugging Face backbones (vqa.encoder.backbone): a local folder or a hub id ("org/name", pinned
+    # to "org/name@<commit>" once loaded); None builds the branch from scratch. With a backbone, video_depth /
+    # audio_depth count the blocks added on top of it (they start as identity)
+    video_backbone: str | None = None
+    audio_backbone: str | None = None
+    backbone_train: str = "frozen"  # "frozen" | "full" | "last:N" (its last N layers train)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.backbone_train not in ("frozen", "full") and not (
+                self.backbone_train.startswith("last:") and self.backbone_train[5:].isdigit()
+                and int(self.backbone_train[5:]) >= 1):
+            problems.append(f"backbone_train must be 'frozen', 'full' or 'last:N' (N >= 1), got {self.backbone_train!r}")
         if self.attention not in ATTENTION_MODES:
             problems.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.patch_stem not in PATCH_STEMS:
