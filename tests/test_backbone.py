@@ -344,3 +344,41 @@ def test_hub_id_without_network_points_to_local_folders(tmp_path, monkeypatch):
 def test_bad_backbone_train_mode_is_refused():
     with pytest.raises(ValueError, match="backbone_train must be 'frozen', 'full' or 'last:N'"):
         config(backbone_train="last:0")
+
+
+# ---- the whole recipe ----
+
+@pytest.mark.slow
+def test_config_naming_backbones_trains_end_to_end(folders, tiny_llm_folder, tmp_path):
+    """configs/tiny.yaml with a ViT per frame and an AST under the audio branch (frozen but for their last
+    layer): every stage runs through the training loop and the bundle answers through VideoQA."""
+    import yaml
+
+    from tests.conftest import ROOT
+    from vqa.api import VideoQA
+    from vqa.synth.generate import generate
+    from vqa.train.config import load_config
+    from vqa.train.loop import train
+
+    generate(tmp_path / "train-split", 8, seed=101, workers=1, progress=False)
+    generate(tmp_path / "val-split", 4, seed=102, workers=1, progress=False)
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw["model"]["llm"] = str(tiny_llm_folder)
+    raw["model"]["encoder"].update(patch_stem="linear", video_backbone=str(folders["vit"]),
+                                   audio_backbone=str(folders["ast"]), backbone_train="last:1")
+    raw["train"].update(out_dir=str(tmp_path / "run"), progress=False,
+                        data={"train": str(tmp_path / "train-split"), "val": str(tmp_path / "val-split")})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    model_config, train_config = load_config(tmp_path / "run.yaml")
+    before = {n: p.detach().clone() for n, p in AVEncoder(model_config.media, model_config.encoder)
+              .video.backbone.named_parameters()}
+    train(model_config, train_config)
+    final = tmp_path / "run" / "final"
+    saved = json.loads((final / "vqa_config.json").read_text())["encoder"]
+    assert saved["video_backbone"] == str(folders["vit"]) and saved["backbone_train"] == "last:1"
+    qa = VideoQA.from_pretrained(final)
+    after = dict(qa.model.encoder.video.backbone.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in before.items() if n.startswith(("embeddings", "layers.0.")))
+    assert any(not torch.equal(after[n], p) for n, p in before.items() if n.startswith("layers.1."))
+    clip = sorted((tmp_path / "val-split" / "clips").glob("*.mp4"))[0]
+    assert isinstance(qa.ask(clip, "What color is the object that beeps?", max_new_tokens=4), str)
