@@ -34,9 +34,11 @@ def _vision(kind: str):
         cfg = tf.CLIPConfig(text_config=text, vision_config=dict(hidden_size=32, intermediate_size=64, **common),
                             projection_dim=16)
         return tf.CLIPModel(cfg), {"image_mean": CLIP_MEAN, "image_std": CLIP_STD}
-    if kind == "siglip":  # no CLS token: the branch uses the patches' mean in its place
-        cfg = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, **common)
-        return tf.SiglipVisionModel(cfg), {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    if kind == "siglip":  # the dual encoder again; no CLS token: the branch uses the patches' mean in its place
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                    vocab_size=99, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        cfg = tf.SiglipConfig(text_config=text, vision_config=dict(hidden_size=32, intermediate_size=64, **common))
+        return tf.SiglipModel(cfg), {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     raise AssertionError(kind)
 
 
@@ -95,7 +97,7 @@ def reference(folder, kind):
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(folder)
-    if kind == "clip":
+    if kind in ("clip", "siglip"):
         model = model.vision_model
     if kind == "whisper":
         model = model.get_encoder()
@@ -311,9 +313,47 @@ def _clip(tmp_path):
     return write_clip(tmp_path / "clip.mp4", seconds=0.5)
 
 
-def test_hub_revision_is_pinned_and_parsed():
+HUB_CHILD = """
+import sys
+from vqa.config import EncoderConfig, MediaConfig
+from vqa.encoder.backbone import BackboneNotFound, VideoBackbone
+media = MediaConfig(num_frames=4, size=32, n_mels=16)
+for name in sys.argv[1:]:
+    enc = EncoderConfig(width=32, heads=4, video_depth=1, audio_depth=1, fusion="video", fusion_layer=0,
+                        time_steps=4, video_backbone=name)
+    try:
+        VideoBackbone(media, enc)
+        print(enc.video_backbone)
+    except BackboneNotFound as e:
+        print("not found:", str(e).splitlines()[0])
+"""
+
+
+def test_hub_id_is_pinned_to_the_commit_it_resolved_to(folders, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
     assert split_revision("google/siglip-base-patch16-224@abc123") == ("google/siglip-base-patch16-224", "abc123")
     assert split_revision("/models/vit") == ("/models/vit", None)
+    # the hub cache's layout: refs/main names the snapshot holding the files
+    repo = tmp_path / "hf" / "hub" / "models--vqa-test--vit"
+    commit = "1234567890" * 4
+    shutil.copytree(folders["vit"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**{k: v for k, v in os.environ.items() if k != "HF_ENDPOINT"}, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    other = "f" * 40
+    proc = subprocess.run([sys.executable, "-c", HUB_CHILD, "vqa-test/vit", f"vqa-test/vit@{commit}",
+                           f"vqa-test/vit@{other}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[:2] == [f"vqa-test/vit@{commit}"] * 2, proc.stdout
+    assert lines[2].startswith(f"not found: cannot load the video backbone 'vqa-test/vit@{other}'"), lines[2]
 
 
 # ---- errors ----
@@ -382,3 +422,15 @@ def test_config_naming_backbones_trains_end_to_end(folders, tiny_llm_folder, tmp
     assert any(not torch.equal(after[n], p) for n, p in before.items() if n.startswith("layers.1."))
     clip = sorted((tmp_path / "val-split" / "clips").glob("*.mp4"))[0]
     assert isinstance(qa.ask(clip, "What color is the object that beeps?", max_new_tokens=4), str)
+
+
+def test_gpu_recipe_parses_and_names_its_backbones():
+    from tests.conftest import ROOT
+    from vqa.train.config import load_config
+
+    model, train = load_config(ROOT / "configs" / "gpu-musicavqa.yaml")
+    enc = model.encoder
+    assert (enc.video_backbone, enc.audio_backbone, model.llm) == (
+        "google/siglip-base-patch16-224", "openai/whisper-base", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert enc.num_tokens == 84 and model.media.n_mels == 80 and enc.audio_frames == 3000
+    assert [s.train for s in train.stages] == [["encoder", "projector"], ["encoder", "projector", "lora"]]

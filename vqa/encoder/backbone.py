@@ -117,10 +117,10 @@ def _hub_offline_reason() -> str | None:
 
 def _how_to_get(role: str, source: str) -> str:
     return (f"On a machine with a network, run\n"
-            f"  from transformers import AutoModel, AutoImageProcessor  # AutoFeatureExtractor for audio\n"
+            f"  from transformers import AutoModel\n"
             f"  AutoModel.from_pretrained({source!r}).save_pretrained('DIR')\n"
-            f"(copy preprocessor_config.json too, for the image mean and std), copy DIR here and set "
-            f"`encoder.{role}_backbone: /path/to/DIR` in the config.")
+            f"(and copy the hub's preprocessor_config.json into DIR, for the image mean and std), copy DIR here "
+            f"and set `encoder.{role}_backbone: /path/to/DIR` in the config.")
 
 
 def load_pretrained(name: str, role: str) -> Loaded:
@@ -162,6 +162,8 @@ def load_pretrained(name: str, role: str) -> Loaded:
         raise ValueError(f"{name!r} is a {kind!r} model, not a supported {role} backbone; "
                          f"supported: {sorted(kinds)}")
     model, info = AutoModel.from_pretrained(source, output_loading_info=True, **kwargs)
+    if folder is None:
+        revision = _resolved_commit(source, kwargs) or revision
     if kind in ("clip", "siglip"):  # a dual encoder: keep the vision tower
         model = model.vision_model
         config = config.vision_config
@@ -171,9 +173,15 @@ def load_pretrained(name: str, role: str) -> Loaded:
     if missing:
         raise ValueError(f"{role} backbone {name!r}: its weights lack {len(missing)} tensors of the model "
                          f"(e.g. {sorted(missing)[:3]}); is it a complete save_pretrained folder?")
-    if folder is None:
-        revision = getattr(config, "_commit_hash", None) or revision
     return Loaded(model.float(), kind, config, source, revision, folder)
+
+
+def _resolved_commit(source: str, kwargs: dict) -> str | None:
+    """The hub commit a hub id's files came from: their snapshot folder in the hub cache."""
+    from transformers.utils import cached_file
+
+    path = Path(cached_file(source, "config.json", **kwargs))
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
 
 
 def _image_normalisation(loaded: Loaded) -> tuple[tuple, tuple]:
@@ -390,6 +398,7 @@ class AudioBackbone(BackboneBranch):
             self.max_length = cfg.max_length
         elif self.mode == "whisper":
             bins = cfg.num_mel_bins
+            self.max_source = cfg.max_source_positions  # encoder positions: half the mel frames it takes
             self.window = 2 * cfg.max_source_positions  # mel frames Whisper takes
             if self.frames > self.window:
                 raise ValueError(f"audio_frames {self.frames} exceeds the Whisper backbone's window of "
