@@ -230,7 +230,8 @@ def _train(encoder, steps, frames, mel, target):
 
 
 @pytest.mark.parametrize("mode,moved", [("frozen", set()), ("last:1", {"layers.1", "layernorm"}),
-                                        ("full", {"embeddings", "layers.0", "layers.1", "layernorm"})])
+                                        ("full", {"embeddings", "layers.0", "layers.1", "layernorm"}),
+                                        ("lora:2", {"layers.0 lora", "layers.1 lora"})])
 def test_training_lowers_the_loss_and_keeps_frozen_layers(folders, mode, moved):
     torch.manual_seed(0)
     cfg = config(video=folders["vit"], audio=folders["ast"], backbone_train=mode)
@@ -241,8 +242,12 @@ def test_training_lowers_the_loss_and_keeps_frozen_layers(folders, mode, moved):
     losses = _train(encoder, 6, frames, mel, target)
     assert losses[-1] < 0.9 * losses[0], losses
     changed = {n for n, p in encoder.video.backbone.named_parameters() if not torch.equal(p, before[n])}
-    parts = {".".join(n.split(".")[:2]) if n.startswith("layers.") else n.split(".")[0] for n in changed}
+    parts = {(".".join(n.split(".")[:2]) if n.startswith("layers.") else n.split(".")[0])
+             + (" lora" if "lora_" in n else "") for n in changed}
     assert parts == moved, sorted(changed)[:5]  # the pooler is unused: never moves
+    saved = [k for k in encoder.state_dict() if k.startswith("video.backbone.")]
+    if mode == "lora:2":  # a bundle holds the adapters, not the backbone
+        assert saved and all("lora_" in k for k in saved), saved[:3]
 
 
 def test_state_dict_leaves_out_frozen_weights_and_checks_them(folders):
@@ -382,7 +387,7 @@ def test_hub_id_without_network_points_to_local_folders(tmp_path, monkeypatch):
 
 
 def test_bad_backbone_train_mode_is_refused():
-    with pytest.raises(ValueError, match="backbone_train must be 'frozen', 'full' or 'last:N'"):
+    with pytest.raises(ValueError, match="backbone_train must be 'frozen', 'full', 'last:N' or 'lora:R'"):
         config(backbone_train="last:0")
 
 

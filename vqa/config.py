@@ -96,14 +96,15 @@ class EncoderConfig:
     # audio_depth count the blocks added on top of it (they start as identity)
     video_backbone: str | None = None
     audio_backbone: str | None = None
-    backbone_train: str = "frozen"  # "frozen" | "full" | "last:N" (its last N layers train)
+    backbone_train: str = "frozen"  # "frozen" | "full" | "last:N" (its last N layers) | "lora:R" (rank-R LoRA)
 
     def __post_init__(self) -> None:
         problems = []
+        kind, _, n = self.backbone_train.partition(":")
         if self.backbone_train not in ("frozen", "full") and not (
-                self.backbone_train.startswith("last:") and self.backbone_train[5:].isdigit()
-                and int(self.backbone_train[5:]) >= 1):
-            problems.append(f"backbone_train must be 'frozen', 'full' or 'last:N' (N >= 1), got {self.backbone_train!r}")
+                kind in ("last", "lora") and n.isdigit() and int(n) >= 1):
+            problems.append(f"backbone_train must be 'frozen', 'full', 'last:N' or 'lora:R' (N, R >= 1), "
+                            f"got {self.backbone_train!r}")
         if self.attention not in ATTENTION_MODES:
             problems.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.patch_stem not in PATCH_STEMS:

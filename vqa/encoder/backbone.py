@@ -29,9 +29,11 @@ normalised with vqa.features.MEL_MEAN / MEL_STD; `media.n_mels` must equal the b
   The training data path and `VideoQA.prepare` feed log-mel only today, so these run through the
   encoder's own API (`AVEncoder(frames, waveform)`), not yet through `vqa train`.
 
-`backbone_train`: "frozen" (the backbone runs without gradients, in eval mode), "full", or "last:N" (its
-last N layers and the norms after them train; earlier layers run without gradients). The freeze is enforced
-in forward, so a training loop that sets `requires_grad` on every encoder parameter cannot undo it.
+`backbone_train`: "frozen" (the backbone runs without gradients, in eval mode), "full", "last:N" (its
+last N layers and the norms after them train; earlier layers run without gradients), or "lora:R" (rank-R
+LoRA adapters on every layer's query and value projections train, the backbone's own weights stay). The
+freeze is enforced in forward, so a training loop that sets `requires_grad` on every encoder parameter
+cannot undo it.
 A bundle stores only the backbone weights that train; the frozen ones come from the named backbone, and a
 checksum of them is stored, so a bundle refuses a backbone that holds other weights.
 """
@@ -72,15 +74,17 @@ class BackboneNotFound(FileNotFoundError):
     """A named backbone is neither a local folder nor reachable on the hub (nor in its local cache)."""
 
 
-def parse_train(mode: str) -> int | None:
-    """"frozen" -> 0 trainable layers, "full" -> None (all), "last:N" -> N; ValueError otherwise."""
-    if mode == "frozen":
-        return 0
-    if mode == "full":
-        return None
-    if mode.startswith("last:") and mode[5:].isdigit() and int(mode[5:]) >= 1:
-        return int(mode[5:])
-    raise ValueError(f"backbone_train must be 'frozen', 'full' or 'last:N' (N >= 1), got {mode!r}")
+def parse_train(mode: str) -> tuple[str, int]:
+    """"frozen" | "full" | "last:N" | "lora:R" -> (kind, N or R); ValueError otherwise."""
+    if mode in ("frozen", "full"):
+        return mode, 0
+    kind, _, n = mode.partition(":")
+    if kind in ("last", "lora") and n.isdigit() and int(n) >= 1:
+        return kind, int(n)
+    raise ValueError(f"backbone_train must be 'frozen', 'full', 'last:N' or 'lora:R' (N, R >= 1), got {mode!r}")
+
+
+LORA_TARGETS = ("q_proj", "v_proj", "query", "value")  # attention projections, in the families' names
 
 
 # ---- loading ----
@@ -223,24 +227,41 @@ class Frozen:
     """Which backbone parameters stay pretrained, and the forward-time enforcement of it."""
 
     def __init__(self, backbone: nn.Module, mode: str):
-        trainable_layers = parse_train(mode)
-        self.all = trainable_layers == 0
-        names = [n for n, _ in backbone.named_parameters()]
-        if trainable_layers is None:
+        kind, n = parse_train(mode)
+        self.all = kind == "frozen"
+        self.lora = kind == "lora"
+        if kind == "lora":  # LoRA on each layer's query and value projections; the backbone's own weights frozen
+            from peft import LoraConfig, inject_adapter_in_model
+
+            layers = _layer_list(backbone)
+            targets = [name for name, m in layers.named_modules()
+                       if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS]
+            if not targets:
+                raise ValueError(f"backbone_train {mode!r}: no attention projection named {LORA_TARGETS} in "
+                                 f"{type(backbone).__name__}'s layers")
+            inject_adapter_in_model(LoraConfig(r=n, lora_alpha=2 * n, target_modules=targets), layers)
+        names = [name for name, _ in backbone.named_parameters()]
+        if kind == "full":
             self.names: list[str] = []
-        elif trainable_layers == 0:
-            self.names = names
+        elif kind in ("frozen", "lora"):
+            self.names = [name for name in names if "lora_" not in name]
         else:
             layers = _layer_list(backbone)
-            if trainable_layers > len(layers):
+            if n > len(layers):
                 raise ValueError(f"backbone_train {mode!r}: the backbone has only {len(layers)} layers")
-            first = layers[len(layers) - trainable_layers]
-            first_name = next(n for n, p in backbone.named_parameters() if any(p is q for q in first.parameters()))
+            first = layers[len(layers) - n]
+            first_name = next(k for k, p in backbone.named_parameters() if any(p is q for q in first.parameters()))
             self.names = names[: names.index(first_name)]  # registration order: everything before that layer
             first.register_forward_pre_hook(_detach_inputs, with_kwargs=True)
         params = dict(backbone.named_parameters())
-        for n in self.names:
-            params[n].requires_grad_(False)
+        self.params = [params[name] for name in self.names]
+        self.enforce()
+
+    def enforce(self) -> None:
+        """Frozen weights take no gradient, even where a training loop asked every encoder weight to train
+        (with LoRA, gradients flow through the frozen layers to the adapters)."""
+        for p in self.params:
+            p.requires_grad_(False)
 
     @torch.no_grad()
     def checksum(self, backbone: nn.Module) -> torch.Tensor:
@@ -288,6 +309,7 @@ class BackboneBranch(nn.Module):
         return self
 
     def run_backbone(self, **inputs) -> torch.Tensor:
+        self.frozen.enforce()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen.all):
             return self.backbone(**inputs).last_hidden_state
 
