@@ -114,9 +114,20 @@ class EncoderConfig:
     # summary slots that copy one candidate's slots (vqa.encoder.summary.SlotPointer); a recipe sets the
     # layout (AVSynth: the beeping object's slots copy its colour's), saved whole so a bundle rebuilds from it
     pointer: PointerConfig | None = None
+    # pretrained Hugging Face backbones (vqa.encoder.backbone): a local folder or a hub id ("org/name", pinned
+    # to "org/name@<commit>" once loaded); None builds the branch from scratch. With a backbone, video_depth /
+    # audio_depth count the blocks added on top of it (they start as identity)
+    video_backbone: str | None = None
+    audio_backbone: str | None = None
+    backbone_train: str = "frozen"  # "frozen" | "full" | "last:N" (its last N layers) | "lora:R" (rank-R LoRA)
 
     def __post_init__(self) -> None:
         problems = []
+        kind, _, n = self.backbone_train.partition(":")
+        if self.backbone_train not in ("frozen", "full") and not (
+                kind in ("last", "lora") and n.isdigit() and int(n) >= 1):
+            problems.append(f"backbone_train must be 'frozen', 'full', 'last:N' or 'lora:R' (N, R >= 1), "
+                            f"got {self.backbone_train!r}")
         if self.attention not in ATTENTION_MODES:
             problems.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.patch_stem not in PATCH_STEMS:

