@@ -189,6 +189,7 @@ def count_new_positions(qa, monkeypatch):
 
 def test_follow_up_computes_only_its_new_tokens(exact, clip, monkeypatch):
     qa = exact
+    monkeypatch.setattr(qa, "prefixes", vqa.api.PrefixPool(vqa.api.PREFIX_CACHE_BYTES))  # nothing left by others
     calls = count_new_positions(qa, monkeypatch)
     chat = qa.chat(clip)
     first = chat.ask("Describe the clip.", max_new_tokens=6)
@@ -198,12 +199,13 @@ def test_follow_up_computes_only_its_new_tokens(exact, clip, monkeypatch):
     follow = chat.ask("And the sound?", max_new_tokens=6)
     assert 0 < calls[0] < 20, calls  # "...<|im_end|>\n<|im_start|>user\nAnd the sound?..." only
     # the same answers as a model that computes every prompt whole
-    pool, qa.prefixes = qa.prefixes, vqa.api.PrefixPool(0)
+    monkeypatch.setattr(qa, "prefixes", vqa.api.PrefixPool(0))
     calls.clear()
     assert qa.ask(clip, "Describe the clip.", max_new_tokens=6) == first
+    assert calls[0] == prompt_len
+    calls.clear()
     assert qa.ask(clip, "And the sound?", history=chat.history[:2], max_new_tokens=6) == follow
-    assert calls[0] > prompt_len
-    qa.prefixes = pool
+    assert calls[0] > prompt_len  # the whole conversation again
 
 
 def test_prefix_pool_is_bounded(exact, tmp_path):

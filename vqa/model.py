@@ -138,6 +138,8 @@ class VideoLLM(nn.Module):
                 logger.warning("answers come from transformers' generate: the lean decoder does not run this LLM (%s)",
                                reason)
             return None
+        if any(getattr(m, "disable_adapters", False) for m in self.llm.modules() if hasattr(m, "lora_A")):
+            return None  # inside peft's disable_adapter(): the base model's own answers, which it does not merge
         # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
         fingerprint = (self.decoding, tuple((id(p), p._version) for p in self.llm.parameters()))
         with self._decoder_lock:
