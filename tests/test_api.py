@@ -111,23 +111,29 @@ def test_follow_up_computes_only_its_new_tokens(exact, clip, monkeypatch):
     assert 0 < calls[0] < 20, calls  # "...<|im_end|>\n<|im_start|>user\nAnd the sound?..." only
     # the same answers as a model that computes every prompt whole
     pool, qa.prefixes = qa.prefixes, vqa.api.PrefixPool(0)
-    calls.clear()
-    assert qa.ask(clip, "Describe the clip.", max_new_tokens=6) == first
-    assert qa.ask(clip, "And the sound?", history=chat.history[:2], max_new_tokens=6) == follow
-    assert calls[0] > prompt_len
-    qa.prefixes = pool
+    try:
+        assert qa.ask(clip, "Describe the clip.", max_new_tokens=6) == first
+        calls.clear()
+        assert qa.ask(clip, "And the sound?", history=chat.history[:2], max_new_tokens=6) == follow
+        assert calls[0] > prompt_len
+    finally:
+        qa.prefixes = pool
 
 
 def test_prefix_pool_is_bounded(exact, tmp_path):
     qa = exact
     paths = [write_clip(tmp_path / f"p{i}.mp4", tone_hz=300.0 + 100 * i) for i in range(3)]
-    qa.ask(paths[0], "Is there a beep?", max_new_tokens=2)
-    one = qa.prefixes.nbytes()
-    qa.prefixes.max_bytes = 2 * one
-    for p in paths:
-        qa.ask(p, "Is there a beep?", max_new_tokens=2)
-    assert len(qa.prefixes) == 2 and qa.prefixes.nbytes() <= 2 * one
-    qa.prefixes.max_bytes = vqa.api.PREFIX_CACHE_BYTES
+    pool, qa.prefixes = qa.prefixes, vqa.api.PrefixPool(vqa.api.PREFIX_CACHE_BYTES)
+    try:
+        qa.ask(paths[0], "Is there a beep?", max_new_tokens=2)
+        one = qa.prefixes.nbytes()
+        assert one > 0
+        qa.prefixes.max_bytes = 2 * one
+        for p in paths:
+            qa.ask(p, "Is there a beep?", max_new_tokens=2)
+        assert len(qa.prefixes) == 2 and qa.prefixes.nbytes() <= 2 * one
+    finally:
+        qa.prefixes = pool
 
 
 def test_ask_many_equals_one_at_a_time(exact, clip, tmp_path):
