@@ -139,7 +139,10 @@ class VideoLLM(nn.Module):
                                reason)
             return None
         # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
-        fingerprint = (self.decoding, tuple((id(p), p._version) for p in self.llm.parameters()))
+        # and PEFT's disable_adapter() or set_adapter() switch LoRA layers without touching a tensor
+        lora = tuple((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", "")))
+                     for m in self.llm.modules() if hasattr(m, "lora_A"))
+        fingerprint = (self.decoding, lora, tuple((id(p), p._version) for p in self.llm.parameters()))
         with self._decoder_lock:
             if self._decoder is None or self._decoder[0] != fingerprint:
                 self._decoder = None  # free the old copies before making new ones
