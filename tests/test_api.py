@@ -211,13 +211,17 @@ def test_follow_up_computes_only_its_new_tokens(exact, clip, monkeypatch):
 def test_prefix_pool_is_bounded(exact, tmp_path):
     qa = exact
     paths = [write_clip(tmp_path / f"p{i}.mp4", tone_hz=300.0 + 100 * i) for i in range(3)]
-    qa.ask(paths[0], "Is there a beep?", max_new_tokens=2)
-    one = qa.prefixes.nbytes()
-    qa.prefixes.max_bytes = 2 * one
-    for p in paths:
-        qa.ask(p, "Is there a beep?", max_new_tokens=2)
-    assert len(qa.prefixes) == 2 and qa.prefixes.nbytes() <= 2 * one
-    qa.prefixes.max_bytes = vqa.api.PREFIX_CACHE_BYTES
+    pool, qa.prefixes = qa.prefixes, vqa.api.PrefixPool(vqa.api.PREFIX_CACHE_BYTES)
+    try:
+        qa.ask(paths[0], "Is there a beep?", max_new_tokens=2)
+        one = qa.prefixes.nbytes()
+        assert one > 0
+        qa.prefixes.max_bytes = 2 * one
+        for p in paths:
+            qa.ask(p, "Is there a beep?", max_new_tokens=2)
+        assert len(qa.prefixes) == 2 and qa.prefixes.nbytes() <= 2 * one
+    finally:
+        qa.prefixes = pool
 
 
 def test_ask_many_equals_one_at_a_time(exact, clip, tmp_path):

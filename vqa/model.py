@@ -138,10 +138,11 @@ class VideoLLM(nn.Module):
                 logger.warning("answers come from transformers' generate: the lean decoder does not run this LLM (%s)",
                                reason)
             return None
-        if any(getattr(m, "disable_adapters", False) for m in self.llm.modules() if hasattr(m, "lora_A")):
-            return None  # inside peft's disable_adapter(): the base model's own answers, which it does not merge
         # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
-        fingerprint = (self.decoding, tuple((id(p), p._version) for p in self.llm.parameters()))
+        # and PEFT's disable_adapter() or set_adapter() switch LoRA layers without touching a tensor
+        lora = tuple((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", "")))
+                     for m in self.llm.modules() if hasattr(m, "lora_A"))
+        fingerprint = (self.decoding, lora, tuple((id(p), p._version) for p in self.llm.parameters()))
         with self._decoder_lock:
             if self._decoder is None or self._decoder[0] != fingerprint:
                 self._decoder = None  # free the old copies before making new ones
