@@ -1,7 +1,8 @@
-"""Make headless Chromium available for tests/test_browser.py (run by `make test` before pytest).
+"""Make the Debian programs some tests use available (run by `make test` before pytest): headless
+Chromium for tests/test_browser.py, espeak-ng for the spoken clips of the perception tests.
 
-Installs Debian's `chromium` where /usr/bin/chromium is missing and we are root; anywhere else
-it prints what to do. It never fails the build: without a browser the browser tests skip, saying why.
+Installs what is missing where we are root and have apt-get; anywhere else it prints what to do. It
+never fails the build: without a program the tests that need it skip, saying why.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import shutil
 import subprocess
 import sys
 
-CHROMIUM = "/usr/bin/chromium"
+# program -> (Debian package, the tests that need it)
+PROGRAMS = {"/usr/bin/chromium": ("chromium", "browser tests"), "/usr/bin/espeak-ng": ("espeak-ng", "speech tests")}
 
 
 def _run(cmd: list[str]) -> bool:
@@ -23,20 +25,21 @@ def _run(cmd: list[str]) -> bool:
 
 
 def main() -> int:
-    if os.path.exists(CHROMIUM):
-        print(f"browser tests: using {CHROMIUM}")
+    missing = {path: pkg for path, pkg in PROGRAMS.items() if not os.path.exists(path)}
+    for path in set(PROGRAMS) - set(missing):
+        print(f"{PROGRAMS[path][1]}: using {path}")
+    if not missing:
         return 0
-    how = "install it with `sudo apt-get install -y chromium` (Debian/Ubuntu) to run the browser tests"
+    packages = [pkg for pkg, _ in missing.values()]
+    how = f"install them with `sudo apt-get install -y {' '.join(packages)}` (Debian/Ubuntu)"
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"browser tests will skip: {CHROMIUM} is missing; {how}")
+        print(f"{', '.join(why for _, why in missing.values())} will skip: {', '.join(missing)} missing; {how}")
         return 0
-    ok = _run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"])
-    if not ok:  # a stale package list is the usual cause
-        ok = _run(["apt-get", "update"]) and _run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"])
-    if ok and os.path.exists(CHROMIUM):
-        print(f"browser tests: installed {CHROMIUM}")
-    else:
-        print(f"browser tests will skip: installing chromium failed; {how}")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    if not _run(install):  # a stale package list is the usual cause
+        _run(["apt-get", "update"]) and _run(install)
+    for path, (_, why) in missing.items():
+        print(f"{why}: installed {path}" if os.path.exists(path) else f"{why} will skip: installing failed; {how}")
     return 0
 
 
