@@ -173,9 +173,9 @@ def test_a_folder_is_called_a_folder(qa, tmp_path):
 
 @pytest.fixture
 def exact(qa):
-    qa.model.decoding = "exact"
+    before, qa.model.decoding = qa.model.decoding, "exact"
     yield qa
-    qa.model.decoding = "fast"
+    qa.model.decoding = before
 
 
 def count_new_positions(qa, monkeypatch):
