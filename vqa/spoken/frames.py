@@ -1,5 +1,5 @@
 """The picture of a spoken clip: an AVSynth scene without beeps, or a plain gradient drifting across the frame,
-stretched over the clip's length, and the MP4 writer (audio optional: a clip may have no sound track).
+stretched over the clip's length, and the MP4 writer (audio optional: a clip may have no audio track).
 
 Notation: T frames, H = W = SIZE pixels, C = 3 colour channels.
 """

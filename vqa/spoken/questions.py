@@ -48,11 +48,11 @@ ASK = {
                      "How much does it cost?", "What is the phone number of the shop?", "Whose voice is it?",
                      "What is the address?", "Which team won?", "What is the dog's name?"),
 }
-ANSWER_SOUND = {  # what is heard, as the end of a description
-    "music": "A melody of musical tones plays; nobody speaks.",
+ANSWER_SOUND = {  # what is heard, as the end of a description (in the perception text's words)
+    "music": "There is music, a melody of tones; nobody speaks.",
     "noise": "There is only background noise: no speech and no music.",
-    "silence": "It is silent.",
-    "no-audio": "The clip has no sound track.",
+    "silence": "There is only silence.",
+    "no-audio": "The clip has no audio track.",
 }
 _MOTION = {"left": "It moves left.", "right": "It moves right.", "up": "It moves up.", "down": "It moves down.",
            "still": "It stays still; it does not move."}
@@ -64,25 +64,27 @@ def _said(clip: dict) -> str:
 
 
 def _sound_answers(clip: dict) -> dict[str, str]:
+    """An answer for each sound kind, in the words of the perception text (speech, music, silence, no audio track)."""
     sound = clip["sound"]
     speech = sound == "speech"
     language = LANGUAGES[clip["language"]] if speech else None
     no_speech = {"music": "Nobody speaks; there is only music.", "noise": "Nobody speaks; there is only background noise.",
-                 "silence": "Nobody speaks: the clip is silent.", "no-audio": "Nobody speaks: the clip has no sound track."}
+                 "silence": "Nobody speaks: there is only silence.",
+                 "no-audio": "Nobody speaks: the clip has no audio track."}
     return {
         "said": f"The speaker says: {_said(clip)}" if speech else no_speech[sound],
         "language": f"The speaker speaks {language}." if speech else
         f"No one speaks, so there is no language to name. {ANSWER_SOUND[sound]}",
-        "speaking": f"Yes, someone speaks {language}." if speech else f"No. {no_speech[sound]}",
-        "music": "Yes, a melody is playing." if sound == "music" else
+        "speaking": f"Yes, there is speech: someone speaks {language}." if speech else f"No. {no_speech[sound]}",
+        "music": "Yes, there is music: a melody is playing." if sound == "music" else
         {"speech": "No, there is no music, only speech.", "noise": "No, there is no music, only background noise.",
-         "silence": "No, there is no music: the clip is silent.", "no-audio": "No, the clip has no sound track."}[sound],
-        "silent": {"speech": "No, someone is speaking.", "music": "No, music is playing.",
-                   "noise": "No, there is background noise.", "silence": "Yes, the clip is silent.",
-                   "no-audio": "Yes, the clip has no sound track at all."}[sound],
-        "hear": f"Someone speaking {language}: {_said(clip)}" if speech else
-        {"music": "A melody of musical tones, with no speech.", "noise": "Only background noise, no speech or music.",
-         "silence": "Nothing: the clip is silent.", "no-audio": "Nothing: the clip has no sound track."}[sound],
+         "silence": "No, there is no music, only silence.", "no-audio": "No, the clip has no audio track."}[sound],
+        "silent": {"speech": "No, there is speech.", "music": "No, there is music.",
+                   "noise": "No, there is background noise.", "silence": "Yes, there is only silence.",
+                   "no-audio": "Yes, the clip has no audio track."}[sound],
+        "hear": f"Speech in {language}: {_said(clip)}" if speech else
+        {"music": "Music: a melody of tones, with no speech.", "noise": "Only background noise, no speech or music.",
+         "silence": "Nothing: there is only silence.", "no-audio": "Nothing: the clip has no audio track."}[sound],
     }
 
 
@@ -130,7 +132,7 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     for kind, answer in sound.items():
         q = pick(kind)
         pool.append((kind, q, _invert_sound(q, answer, clip["sound"]) if kind == "silent" else answer))
-    heard = f"Someone speaks {LANGUAGES[clip['language']]}: {_said(clip)}" if clip["sound"] == "speech" \
+    heard = f"There is speech in {LANGUAGES[clip['language']]}: {_said(clip)}" if clip["sound"] == "speech" \
         else ANSWER_SOUND[clip["sound"]]
     pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
     pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
