@@ -1,6 +1,6 @@
 """Real-clip benchmark: what perception tells the LLM about real clips and espeak-ng speech, by kind.
 
-    python benchmarks/real_clips.py [--media ../shared/media] [--model] [--timing]
+    python benchmarks/real_clips.py [--media ../shared/media] [--model [BUNDLE]] [--timing]
 
 Each line of real_clips.jsonl is a question about a clip in ../shared/media (by file name) or one
 made here (espeak-ng speech, silence, a melody; see real_clips_media.py), with a regular expression
@@ -67,15 +67,16 @@ def timing(folder: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
-    ap.add_argument("--model", action="store_true", help="also score the default bundle's answers, with and without perception")
+    ap.add_argument("--model", nargs="?", const="", default=None, metavar="BUNDLE",
+                    help="also score a bundle's answers (default: the default bundle), with and without perception")
     ap.add_argument("--timing", action="store_true")
     args = ap.parse_args()
     items = [json.loads(line) for line in (ROOT / "benchmarks" / "real_clips.jsonl").read_text().splitlines() if line.strip()]
     qa = None
-    if args.model:
+    if args.model is not None:
         from vqa import VideoQA
 
-        qa = VideoQA.from_pretrained(perception=True)
+        qa = VideoQA.from_pretrained(args.model or None, perception=True)
         plain = VideoQA(qa.model, source=qa.source, perception=False)
     scores: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", type=float, default=0.0,
                    help="share of general chat (the base LLM's own replies) mixed in to keep its language")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: every core)")
+    p.add_argument("--perception-tokens", type=int, default=None,
+                   help="token budget of the perception text read after the clip tokens (0: off; default: the base's)")
 
     p = sub.add_parser("train", help="train an adapter from a YAML config (also under `accelerate launch`)")
     p.add_argument("--config", required=True, help="YAML training config")

@@ -33,11 +33,16 @@ def default_steps(records: int, batch_size: int, val_fraction: float | None) -> 
 def finetune_configs(
     data: str, out: str, base: str | None = None, val: str | None = None, steps: int | None = None,
     batch_size: int = 8, lr: float = 1e-3, train_encoder: bool = False, chat: float = 0.0, seed: int = 0,
-    workers: int | None = None, progress: bool = True,
+    workers: int | None = None, progress: bool = True, perception_tokens: int | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
-    """The model (the base bundle's) and training configs of a fine-tune."""
+    """The model (the base bundle's) and training configs of a fine-tune. `perception_tokens`: the budget of the
+    perception text the model reads after the clip tokens (0: none; default: the base bundle's)."""
     base_folder = Path(base) if base else bundle.default_bundle()
     model_config = bundle.read_config(base_folder)
+    if perception_tokens is not None:
+        if perception_tokens < 0:
+            raise ValueError(f"--perception-tokens must be 0 (off) or a positive budget, got {perception_tokens}")
+        model_config.perception_tokens = perception_tokens
     if model_config.lora is None:  # a bundle without a LoRA gets the default one, trained from zero
         model_config.lora = LoraConfig()
     data_config = DataConfig(train=str(data), val=str(val) if val else None, workers=workers)
@@ -76,7 +81,7 @@ def cli(args) -> int:
     try:
         finetune(args.data, args.out, command=_command(args), base=args.base, val=args.val, steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, train_encoder=args.train_encoder, chat=args.chat,
-                 workers=args.workers)
+                 workers=args.workers, perception_tokens=args.perception_tokens)
     except (BundleError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -87,7 +92,8 @@ def cli(args) -> int:
 def _command(args) -> str:
     """The `vqa finetune` command line that reproduces a run."""
     parts = ["vqa finetune", shlex.quote(str(args.data)), "--out", shlex.quote(str(args.out))]
-    defaults = {"base": None, "val": None, "steps": None, "batch_size": 8, "lr": 1e-3, "chat": 0.0, "workers": None}
+    defaults = {"base": None, "val": None, "steps": None, "batch_size": 8, "lr": 1e-3, "chat": 0.0, "workers": None,
+                "perception_tokens": None}
     for name, default in defaults.items():
         if getattr(args, name) != default:
             parts += [f"--{name.replace('_', '-')}", shlex.quote(str(getattr(args, name)))]

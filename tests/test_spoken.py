@@ -1,0 +1,117 @@
+"""The spoken-clips generator (vqa.spoken): valid qa.jsonl records, clips whose sound is what their record says,
+answers checked against the perception text, and `vqa finetune --perception-tokens`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vqa.data import read_qa
+from vqa.media import load_clip
+from vqa.spoken import check, questions
+from vqa.spoken.audio import espeak_missing
+from vqa.spoken.sentences import LANGUAGES, SENTENCES
+
+needs_espeak = pytest.mark.skipif(espeak_missing() is not None, reason=str(espeak_missing()))
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    from vqa.spoken.generate import generate
+
+    out = tmp_path_factory.mktemp("spoken")
+    counts = generate(out, num_clips=9, seed=4, avsynth=0.12, per_clip=6, perception_tokens=0, progress=False)
+    return out, counts
+
+
+@needs_espeak
+def test_records_are_valid_and_typed(spoken):
+    out, counts = spoken
+    records = read_qa(out)  # raises on a malformed record
+    assert sum(counts.values()) == len(records)
+    clips = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
+    assert len(clips) == 8 and all((out / c["video"]).is_file() for c in clips)
+    assert all((out / r["video"]).is_file() for r in records)
+    spoken_types = set(questions.ASK)
+    avsynth = [r for r in records if r["video"].startswith("avsynth/")]
+    assert avsynth and all(r["conversations"][1]["value"] == r["answer"] for r in avsynth)
+    for r in records:
+        if r in avsynth:
+            continue
+        assert r["type"] in spoken_types, r
+        q, a = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        assert q.startswith("<video>\n") and a.endswith((".", "\u201d")), r
+        if r["type"] == "unanswerable":
+            assert a == questions.UNKNOWN
+
+
+@needs_espeak
+def test_clips_sound_as_their_records_say(spoken):
+    out, _ = spoken
+    clips = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
+    assert len({c["sound"] for c in clips}) >= 3  # several kinds even in a tiny split
+    qa = read_qa(out)
+    for c in clips:
+        clip = load_clip(out / c["video"], num_frames=4, size=32)
+        level = 20 * np.log10(np.sqrt(np.mean(clip.audio.astype(np.float64) ** 2)) + 1e-9)
+        said = [r["conversations"][1]["value"] for r in qa if r["video"] == c["video"] and r["type"] == "said"]
+        if c["sound"] == "no-audio":
+            assert not clip.has_audio
+        elif c["sound"] == "silence":
+            assert clip.has_audio and level < -55
+        else:
+            assert clip.has_audio and level > -45, (c, level)
+        if c["sound"] == "speech":
+            assert c["language"] in LANGUAGES
+            assert c["text"] in SENTENCES[c["language"]] or c["voice"].startswith("recording:")
+            assert all(c["text"] in s for s in said) and said
+        else:
+            assert all("Nobody speaks" in s for s in said)
+
+
+def _text(sound: str, language: str | None = None, words: str = "") -> str:
+    lines = ["What pretrained models perceived (they can be wrong):", f"Sound: {sound}, moderate (-20 dBFS).",
+             "Seen (ImageNet classes, mean probability): nothing with confidence."]
+    lines += [f"Speech ({language}, 90%):", f"[0.0-2.0 s] {words}"] if language else ["Speech: no words heard."]
+    return "\n".join(lines)
+
+
+def test_answers_kept_only_where_perception_supports_them():
+    clip = {"sound": "speech", "language": "fr", "text": "Le chat dort sur le canapé."}
+    assert check.supported(clip, _text("speech", "fr", "Le chat dort sur le canapé.")) == \
+        ((), "Le chat dort sur le canapé.")
+    skip, quote = check.supported(clip, _text("speech", "fr", "Un homme marche vers la mer."))
+    assert quote is None and "said" in skip and "language" not in skip
+    skip, _ = check.supported(clip, _text("speech", "th", "Le chat dort sur le canapé."))
+    assert "language" in skip and "said" in skip and "music" not in skip
+    skip, _ = check.supported({"sound": "music"}, _text("other sound"))
+    assert set(skip) == set(check.SOUND_KINDS)
+    assert check.supported({"sound": "music"}, _text("music")) == ((), None)
+
+
+def test_questions_quote_the_checked_transcript_and_skip_unsupported_kinds():
+    clip = {"id": "x", "video": "clips/x.mp4", "sound": "speech", "language": "de", "text": "Der Bus kommt heute.",
+            "quote": "Der Bus kommt heute!", "objects": None}
+    rng = np.random.default_rng(0)
+    got = {kind: a for kind, _, a in questions.questions(clip, rng, per_clip=20)}
+    assert got["said"] == "The speaker says: \u201cDer Bus kommt heute!\u201d"
+    assert got["language"] == "The speaker speaks German."
+    assert got["unanswerable"] == questions.UNKNOWN
+    kinds = [kind for kind, _, _ in questions.questions(clip, rng, per_clip=20, skip=check.SOUND_KINDS)]
+    assert kinds and not set(kinds) & set(check.SOUND_KINDS)
+
+
+def test_finetune_perception_tokens_sets_the_model_config(tmp_path):
+    from vqa.finetune import finetune_configs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "qa.jsonl").write_text(json.dumps({"video": "a.mp4", "conversations": [
+        {"from": "human", "value": "<video>\nQ?"}, {"from": "gpt", "value": "A."}]}) + "\n")
+    model_config, _ = finetune_configs(str(data), str(tmp_path / "out"), perception_tokens=160)
+    assert model_config.perception_tokens == 160
+    model_config, _ = finetune_configs(str(data), str(tmp_path / "out"))
+    assert model_config.perception_tokens == 0  # the base bundle's
+    with pytest.raises(ValueError, match="perception-tokens"):
+        finetune_configs(str(data), str(tmp_path / "out"), perception_tokens=-1)

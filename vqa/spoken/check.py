@@ -1,0 +1,51 @@
+"""Answers the perception text supports: what the LLM reads beside a clip, checked against what the clip holds.
+
+The model learns to answer from the perception text (vqa.data.perception), so a sound answer is taught only
+where that text agrees with the generator (its "Sound:" line names the clip's sound) and a quote only where
+Whisper's transcript is close to the sentence read in the right language; the quote is the transcript itself,
+so the model learns to copy what it is given rather than to invent a sentence it cannot hear.
+"""
+from __future__ import annotations
+
+import re
+from difflib import SequenceMatcher
+
+SOUND_KINDS = ("said", "language", "speaking", "music", "silent", "hear", "describe")
+QUOTE_KINDS = ("said", "hear", "describe")
+MIN_SIMILARITY = 0.6  # of the transcript to the sentence read (characters, after lower-casing)
+EXPECTED = {"speech": "speech", "music": "music", "noise": "other sound", "silence": "silence",
+            "no-audio": "no audio track"}
+
+_SOUND = re.compile(r"^Sound: (.*)\.$", re.MULTILINE)
+LOUDNESS = ("quiet", "moderate", "loud")
+_LANGUAGE = re.compile(r"^Speech \(([a-z]+), \d+%\):$", re.MULTILINE)
+_SEGMENT = re.compile(r"^\[[\d.]+-[\d.]+ s\] (.*)$", re.MULTILINE)
+
+
+def heard(text: str) -> dict:
+    """What a perception text says: {"sounds": [labels], "language": code or None, "transcript": str}."""
+    sound = _SOUND.search(text)
+    language = _LANGUAGE.search(text)
+    labels = sound.group(1).split(", ") if sound else []
+    return {"sounds": [x for x in labels if not x.startswith(LOUDNESS)],
+            "language": language.group(1) if language else None,
+            "transcript": " ".join(s.strip() for s in _SEGMENT.findall(text))}
+
+
+def similarity(a: str, b: str) -> float:
+    norm = lambda s: re.sub(r"[^\w ]+", "", s.lower()).split()  # noqa: E731
+    return SequenceMatcher(None, " ".join(norm(a)), " ".join(norm(b))).ratio()
+
+
+def supported(clip: dict, text: str) -> tuple[tuple[str, ...], str | None]:
+    """(question kinds to leave out, the transcript to quote or None) for a spoken clip and its perception text."""
+    got = heard(text)
+    if got["sounds"] != [EXPECTED[clip["sound"]]]:
+        return SOUND_KINDS, None
+    if clip["sound"] != "speech":
+        return (), None
+    if got["language"] != clip["language"]:
+        return ("language",) + QUOTE_KINDS, None
+    if similarity(got["transcript"], clip["text"]) < MIN_SIMILARITY:
+        return QUOTE_KINDS, None
+    return (), got["transcript"]

@@ -1,0 +1,162 @@
+"""Write a spoken-clips dataset: DIR/clips/*.mp4, DIR/clips.jsonl (what each clip holds) and DIR/qa.jsonl.
+
+    python -m vqa.spoken.generate --out data/spoken --clips 700 --seed 0 [--avsynth 0.3] [--perception-tokens 160]
+
+Clip i depends only on (seed, i). A share of the clips (`--avsynth`) are plain AVSynth clips with their own
+questions, written by vqa.avsynth.generate into DIR/avsynth/ and listed in the same qa.jsonl, so a model
+trained on the folder keeps its AVSynth skills. With `--perception-tokens N` (default 160; 0: off) every
+clip's perception text is computed by vqa.data.perception into the cache a bundle with that budget reads in
+training, and a spoken clip's answers are kept only where that text supports them (vqa.spoken.check).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import audio
+from .check import supported
+from .frames import gradient_frames, scene_frames, write_clip
+from .questions import records
+from .sentences import LANGUAGES, SENTENCES, VARIANTS, VOICES
+
+QA_FILE = "qa.jsonl"
+CLIPS_FILE = "clips.jsonl"
+AVSYNTH_DIR = "avsynth"
+# shares of the spoken clips' sound; speech is split between espeak-ng and recordings where installed
+SOUND_SHARES = {"speech": 0.55, "music": 0.15, "noise": 0.1, "silence": 0.12, "no-audio": 0.08}
+RECORDED_SHARE = 0.2  # of speech clips, where the recordings are installed
+ENGLISH_SHARE = 0.45  # of espeak-ng speech; the rest spread over the other languages
+GRADIENT_SHARE = 0.3  # of pictures; the rest are AVSynth scenes without beeps
+LEAD_S = 0.4  # silence before the speech starts
+LLM = "bundled:smollm2-135m-instruct"  # whose tokenizer counts the perception budget (the bundles' LLM)
+
+
+def clip_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 7]))
+
+
+def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]]) -> tuple[dict, np.ndarray]:
+    if recorded and rng.random() < RECORDED_SHARE:
+        path, text = recorded[int(rng.integers(len(recorded)))]
+        return {"language": "en", "text": text, "voice": f"recording:{Path(path).stem}"}, audio.recording(path)
+    others = [lang for lang in LANGUAGES if lang != "en"]
+    language = "en" if rng.random() < ENGLISH_SHARE else str(rng.choice(others))
+    text = SENTENCES[language][int(rng.integers(len(SENTENCES[language])))]
+    voice = str(rng.choice(VOICES[language])) + str(rng.choice(VARIANTS))
+    speed, pitch = int(rng.integers(120, 185)), int(rng.integers(25, 75))
+    return ({"language": language, "text": text, "voice": voice},
+            audio.speak(text, voice, speed=speed, pitch=pitch) * np.float32(rng.uniform(0.5, 1.0)))
+
+
+def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]]) -> dict:
+    """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text", "voice",
+    "objects" (AVSynth-style, None for a gradient), "duration"}."""
+    rng = clip_rng(seed, index)
+    sound = str(rng.choice(list(SOUND_SHARES), p=list(SOUND_SHARES.values())))
+    clip = {"id": f"spk-{index:06d}", "video": f"clips/spk-{index:06d}.mp4", "sound": sound,
+            "language": None, "text": None, "voice": None}
+    if sound == "speech":
+        said, speech = _speech(rng, recorded)
+        clip.update(said)
+        seconds = max(3.0, np.ceil((LEAD_S + len(speech) / audio.RATE + 0.4) * 2) / 2)
+        track = np.zeros(int(seconds * audio.RATE), np.float32)
+        lead = int(LEAD_S * audio.RATE)
+        track[lead:lead + len(speech)] = speech[: len(track) - lead]
+        if rng.random() < 0.3:  # a faint room hiss under some voices
+            track += audio.silence(rng, seconds)[: len(track)]
+    else:
+        seconds = float(rng.choice([3.0, 4.0, 5.0, 6.0]))
+        track = {"music": audio.melody, "noise": audio.noise, "silence": audio.silence,
+                 "no-audio": lambda r, s: None}[sound](rng, seconds)
+    if rng.random() < GRADIENT_SHARE:
+        clip["objects"], frames = None, gradient_frames(rng, seconds)
+    else:
+        scene, frames = scene_frames(rng, seconds)
+        clip["objects"] = scene["objects"]
+    clip["duration"] = seconds
+    write_clip(out / clip["video"], frames, track)
+    return clip
+
+
+def perception(out: Path, videos: list[str], max_tokens: int, progress: bool) -> dict[str, str]:
+    """Every clip's perception text, through the cache training reads (vqa.data.perception)."""
+    from vqa.data.perception import perception_texts
+    from vqa.llm import load_llm
+
+    _, tokenizer = load_llm(LLM)
+    return perception_texts(out, videos, max_tokens, tokenizer, LLM, progress=progress)
+
+
+def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, per_clip: int = 6,
+             perception_tokens: int = 160, progress: bool = True) -> dict[str, int]:
+    """Write `num_clips` clips (a share `avsynth` of them AVSynth) and qa.jsonl into `out`; returns record counts
+    per type."""
+    from tqdm import tqdm
+
+    if num_clips < 1:
+        raise ValueError(f"--clips must be at least 1, got {num_clips}")
+    if not 0 <= avsynth < 1:
+        raise ValueError(f"--avsynth must be a share in [0, 1), got {avsynth}")
+    if audio.espeak_missing():
+        raise FileNotFoundError(audio.espeak_missing())
+    out = Path(out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    n_avsynth = int(round(avsynth * num_clips))
+    recorded = audio.recordings()
+    qa, avsynth_qa = [], []
+    clips = [make_clip(out, seed, index, recorded) for index in
+             tqdm(range(num_clips - n_avsynth), desc="spoken clips", unit="clip", disable=not progress)]
+    if n_avsynth:
+        from vqa.avsynth.generate import generate as avsynth_generate
+
+        avsynth_generate(out / AVSYNTH_DIR, n_avsynth, seed, workers=1, progress=progress)
+        for line in (out / AVSYNTH_DIR / QA_FILE).read_text().splitlines():
+            r = json.loads(line)
+            avsynth_qa.append({**r, "id": f"avsynth-{r['id']}", "video": f"{AVSYNTH_DIR}/{r['video']}"})
+    texts = perception(out, [c["video"] for c in clips] + [r["video"] for r in avsynth_qa], perception_tokens,
+                       progress) if perception_tokens else {}
+    for index, clip in enumerate(clips):
+        skip: tuple[str, ...] = ()
+        if texts:
+            skip, clip["quote"] = supported(clip, texts[clip["video"]])
+            clip["unsupported"] = list(skip)
+        qa += records(clip, clip_rng(seed, index + 1_000_000), per_clip, skip)
+    qa += avsynth_qa
+    order = np.random.default_rng(seed).permutation(len(qa))  # clips mixed, a clip's questions together
+    (out / CLIPS_FILE).write_text("".join(json.dumps(c) + "\n" for c in clips))
+    (out / QA_FILE).write_text("".join(json.dumps(qa[i]) + "\n" for i in order))
+    counts: dict[str, int] = {}
+    for r in qa:
+        counts[r["type"]] = counts.get(r["type"], 0) + 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vqa.spoken.generate", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--clips", type=int, required=True, help="number of clips, AVSynth ones included")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--avsynth", type=float, default=0.3, help="share of plain AVSynth clips (default 0.3)")
+    ap.add_argument("--per-clip", type=int, default=6, help="questions per spoken clip (default 6)")
+    ap.add_argument("--perception-tokens", type=int, default=160,
+                    help="perception budget of the bundle to train (0: no perception, answers unchecked)")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        counts = generate(args.out, args.clips, args.seed, args.avsynth, args.per_clip, args.perception_tokens)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.clips} clips and {sum(counts.values())} questions to {args.out} "
+          f"in {time.perf_counter() - start:.0f} s")
+    print("  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
