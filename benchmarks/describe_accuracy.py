@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vqa.data import load_features, read_meta  # noqa: E402
+from vqa.avsynth.recipe import read_meta  # noqa: E402
+from vqa.data import load_features  # noqa: E402
 from vqa.evaluate import answer  # noqa: E402
 from vqa.prompt import with_video  # noqa: E402
 from vqa.avsynth.describe import DESCRIBE_QUESTIONS, describe, facts  # noqa: E402

@@ -344,9 +344,14 @@ def test_the_app_loads_models_with_its_duration_limit(monkeypatch):
 
 
 def torch_module():
+    """A stand-in model: a module with the config a VideoQA reads."""
     import torch
 
-    return torch.nn.Linear(1, 1)
+    from vqa.config import ModelConfig
+
+    module = torch.nn.Linear(1, 1)
+    module.config = ModelConfig()
+    return module
 
 
 def test_ask_refuses_a_long_clip_whose_header_has_no_duration_before_decoding(tiny_app, tmp_path, monkeypatch):

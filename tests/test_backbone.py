@@ -401,7 +401,7 @@ def test_config_naming_backbones_trains_end_to_end(folders, tiny_llm_folder, tmp
 
     from tests.conftest import ROOT
     from vqa.api import VideoQA
-    from vqa.synth.generate import generate
+    from vqa.avsynth.generate import generate
     from vqa.train.config import load_config
     from vqa.train.loop import train
 

@@ -85,10 +85,10 @@ def reference(record: dict) -> str:
 
 
 def question_messages(record: dict) -> list[dict]:
-    """The conversation up to its last question (the answer to score removed)."""
+    """The conversation up to its last question (the answer to score removed, where it has one)."""
     messages = record["messages"]
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last]
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    return messages[:answers[-1]] if answers else messages
 
 
 # ---- the model's answers ----
