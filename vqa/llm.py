@@ -21,6 +21,7 @@ for a full check by hand (`sha256sum`), which costs a second or two per load.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import logging
 from pathlib import Path
