@@ -16,7 +16,6 @@ loaded with `weights_only=True`, so a checkpoint never runs code.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..cache import sha256
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -90,7 +91,7 @@ def verify(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{path} has {size} bytes, {expected['bytes']} were written (truncated or overwritten)"
-        if _sha256(path) != expected["sha256"]:
+        if sha256(path) != expected["sha256"]:
             return f"{path} does not match the checksum written with it (its bytes changed)"
     return None
 
@@ -109,14 +110,6 @@ def _try_loading(folder: Path) -> str | None:
         except Exception as e:  # any reader's error means the same: this file cannot be resumed from
             return f"{path} cannot be loaded: {type(e).__name__}: {str(e)[:200]}"
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -182,7 +175,7 @@ def publish(tmp: Path, final: Path, keep: int) -> None:
     """Write the manifest, flush every file to disk, rename the finished checkpoint into place,
     and drop all but the newest `keep`."""
     files = sorted(p for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for path in [*files, tmp / MANIFEST, tmp]:
         _fsync(path)
