@@ -24,6 +24,7 @@ import torch
 
 from .data import FeatureCache, PromptEncoder, Sample, load_features, read_qa, usable
 from .data.perception import add_perception
+from .prompt import without_video
 from .train.card import set_section
 from .train.precision import autocast, resolve_precision
 from .train.recipe import Recipe, dataset_recipe, load_recipe
@@ -141,7 +142,7 @@ def answer_loss(model, cache: FeatureCache, records: list[dict], blind: bool = F
     model.eval()
     samples = [Sample(None if blind else cache.row(r["video"]), r["messages"]) for r in records]
     if blind:  # the same conversations, the placeholder dropped
-        samples = [Sample(None, [{**m, "content": m["content"].replace("<video>\n", "").replace("<video>", "")}
+        samples = [Sample(None, [{**m, "content": without_video(m["content"])}
                                  for m in s.messages]) for s in samples]
     prompts = PromptEncoder(model, samples)
     total, count = 0.0, 0

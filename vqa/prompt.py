@@ -39,6 +39,11 @@ def normalize_messages(conversations: list[dict]) -> list[dict]:
     return out
 
 
+def without_video(text: str) -> str:
+    """A turn with the clip's placeholder (and the line break after it) taken out."""
+    return text.replace(f"{VIDEO_PLACEHOLDER}\n", "").replace(VIDEO_PLACEHOLDER, "")
+
+
 def with_video(question: str, perception: str = "") -> str:
     """The first user turn about a clip: the placeholder, then what perception found (a short text
     block, if any), then the question (unless the question carries the placeholder already)."""

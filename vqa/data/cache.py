@@ -11,8 +11,8 @@ Notation: N clips, T frames, S frame side, M mel bins, F log-mel frames.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import multiprocessing as mp
 import os
 from dataclasses import dataclass

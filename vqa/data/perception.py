@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..prompt import with_video
+from ..prompt import with_video, without_video
 
 log = logging.getLogger("vqa")
 PREFIX = "perception-"
@@ -56,7 +56,7 @@ def with_perception(records: list[dict], texts: dict[str, str]) -> list[dict]:
     for r in records:
         messages = [dict(m) for m in r["messages"]]
         first = messages[0]["content"]
-        question = first.replace("<video>\n", "", 1).replace("<video>", "", 1)
+        question = without_video(first)
         messages[0]["content"] = with_video(question, texts[r["video"]])
         out.append({**r, "messages": messages})
     return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..prompt import EncodedPrompt, pad_batch
+from ..prompt import EncodedPrompt, pad_batch, without_video
 from .cache import FeatureCache
 
 
@@ -39,7 +39,7 @@ def qa_samples(records: list[dict], cache: FeatureCache, turns: int = 1, seed: i
             for k, j in enumerate(order[start:start + turns]):
                 conv = [dict(m) for m in convs[j]]
                 if k:  # the placeholder only in the first turn: the clip is shown once
-                    conv[0]["content"] = conv[0]["content"].replace("<video>\n", "").replace("<video>", "")
+                    conv[0]["content"] = without_video(conv[0]["content"])
                 messages += conv
             samples.append(Sample(cache.row(video), messages))
     return samples
