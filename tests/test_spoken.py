@@ -102,6 +102,36 @@ def test_questions_quote_the_checked_transcript_and_skip_unsupported_kinds():
     assert kinds and not set(kinds) & set(check.SOUND_KINDS)
 
 
+def test_seen_line_parsed_and_picture_answers_name_its_concepts():
+    text = _text("music").replace("nothing with confidence", "Egyptian cat 0.77, tiger cat 0.10")
+    assert check.seen(text) == [("Egyptian cat", 0.77), ("tiger cat", 0.10)]
+    assert check.seen(_text("music")) == []
+    clip = {"id": "x", "video": "clips/x.mp4", "sound": "music", "objects": None, "picture": "cat.png",
+            "seen": check.seen(text)}
+    got = {kind: a for kind, _, a in questions.questions(clip, np.random.default_rng(0), per_clip=20)}
+    assert got["seen"] == "The image classifier suggests: Egyptian cat, tiger cat (it can be wrong)."
+    assert got["describe"].startswith(got["seen"]) and "count" not in got
+    got = {kind: a for kind, _, a in questions.questions({**clip, "seen": []}, np.random.default_rng(0), 20)}
+    assert got["seen"].startswith("I can't tell what is shown")
+    del clip["seen"]  # perception off: nothing to say about a real picture
+    kinds = {kind for kind, _, _ in questions.questions(clip, np.random.default_rng(0), per_clip=20)}
+    assert not kinds & {"seen", "describe"} and "music" in kinds
+
+
+def test_picture_frames_pan_over_a_real_picture(tmp_path):
+    from PIL import Image
+
+    from vqa.spoken.pictures import SIZE, picture_frames
+
+    image = np.zeros((90, 160, 3), np.uint8)
+    image[:, 80:] = (250, 20, 20)  # right half red
+    Image.fromarray(image).save(tmp_path / "half.png")
+    frames = picture_frames(str(tmp_path / "half.png"), np.random.default_rng(1), seconds=1.0)
+    assert frames.shape[1:] == (SIZE, SIZE, 3) and frames.dtype == np.uint8 and len(frames) > 10
+    assert frames[..., 0].max() > 200 and frames[..., 0].min() < 50  # both halves in view
+    assert not np.array_equal(frames[0], frames[-1])  # it moves
+
+
 def test_finetune_perception_tokens_sets_the_model_config(tmp_path):
     from vqa.finetune import finetune_configs
 
@@ -115,3 +145,15 @@ def test_finetune_perception_tokens_sets_the_model_config(tmp_path):
     assert model_config.perception_tokens == 0  # the base bundle's
     with pytest.raises(ValueError, match="perception-tokens"):
         finetune_configs(str(data), str(tmp_path / "out"), perception_tokens=-1)
+
+
+def test_committed_page_examples_are_small_and_hold_what_they_ask_about():
+    from vqa.spoken.examples import EXAMPLES, EXAMPLES_DIR, spoken_examples
+
+    pairs = spoken_examples()
+    assert [p.name for p, _ in pairs] == [e[0] for e in EXAMPLES]
+    assert sum(p.stat().st_size for p in EXAMPLES_DIR.iterdir()) < 2 * 1024 * 1024
+    for (path, question), (_, said, _, _) in zip(pairs, EXAMPLES):
+        clip = load_clip(path, num_frames=4, size=32)
+        assert clip.has_audio and np.abs(clip.audio).max() > 0.01, path
+        assert question.endswith("?") and (said is None) == ("music" in question)

@@ -19,6 +19,8 @@ EXPECTED = {"speech": "speech", "music": "music", "noise": "other sound", "silen
 _SOUND = re.compile(r"^Sound: (.*)\.$", re.MULTILINE)
 LOUDNESS = ("quiet", "moderate", "loud")
 _LANGUAGE = re.compile(r"^Speech \(([a-z]+), \d+%\):$", re.MULTILINE)
+_SEEN = re.compile(r"^Seen \([^)]*\): (.*)\.$", re.MULTILINE)
+_CONCEPT = re.compile(r"\s*(.+?) (\d\.\d\d)$")
 _SEGMENT = re.compile(r"^\[[\d.]+-[\d.]+ s\] (.*)$", re.MULTILINE)
 
 
@@ -30,6 +32,15 @@ def heard(text: str) -> dict:
     return {"sounds": [x for x in labels if not x.startswith(LOUDNESS)],
             "language": language.group(1) if language else None,
             "transcript": " ".join(s.strip() for s in _SEGMENT.findall(text))}
+
+
+def seen(text: str) -> list[tuple[str, float]]:
+    """The (concept, probability) pairs of a perception text's "Seen" line, most probable first ([] if none)."""
+    line = _SEEN.search(text)
+    if line is None:
+        return []
+    pairs = [_CONCEPT.match(part) for part in line.group(1).split(",")]
+    return [(m.group(1), float(m.group(2))) for m in pairs if m]
 
 
 def similarity(a: str, b: str) -> float:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import audio
-from .check import supported
+from .check import seen, supported
 from .frames import gradient_frames, scene_frames, write_clip
+from .pictures import draw_picture, picture_frames
 from .questions import records
 from .sentences import LANGUAGES, SENTENCES, VARIANTS, VOICES
 
@@ -31,7 +32,8 @@ AVSYNTH_DIR = "avsynth"
 SOUND_SHARES = {"speech": 0.55, "music": 0.15, "noise": 0.1, "silence": 0.12, "no-audio": 0.08}
 RECORDED_SHARE = 0.2  # of speech clips, where the recordings are installed
 ENGLISH_SHARE = 0.45  # of espeak-ng speech; the rest spread over the other languages
-GRADIENT_SHARE = 0.3  # of pictures; the rest are AVSynth scenes without beeps
+GRADIENT_SHARE = 0.2  # of pictures; the rest are AVSynth scenes without beeps, or real pictures where installed
+PICTURE_SHARE = 0.35  # of pictures, real ones (vqa.spoken.pictures) where installed
 LEAD_S = 0.4  # silence before the speech starts
 LLM = "bundled:smollm2-135m-instruct"  # whose tokenizer counts the perception budget (the bundles' LLM)
 
@@ -55,7 +57,7 @@ def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]]) -> tuple[
 
 def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]]) -> dict:
     """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text", "voice",
-    "objects" (AVSynth-style, None for a gradient), "duration"}."""
+    "objects" (AVSynth-style, None for a gradient or a picture), "picture" (a real picture's path), "duration"}."""
     rng = clip_rng(seed, index)
     sound = str(rng.choice(list(SOUND_SHARES), p=list(SOUND_SHARES.values())))
     clip = {"id": f"spk-{index:06d}", "video": f"clips/spk-{index:06d}.mp4", "sound": sound,
@@ -73,8 +75,12 @@ def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]])
         seconds = float(rng.choice([3.0, 4.0, 5.0, 6.0]))
         track = {"music": audio.melody, "noise": audio.noise, "silence": audio.silence,
                  "no-audio": lambda r, s: None}[sound](rng, seconds)
-    if rng.random() < GRADIENT_SHARE:
+    draw = rng.random()
+    picture = draw_picture(rng) if draw >= 1 - PICTURE_SHARE else None
+    if draw < GRADIENT_SHARE:
         clip["objects"], frames = None, gradient_frames(rng, seconds)
+    elif picture is not None:
+        clip["objects"], clip["picture"], frames = None, picture, picture_frames(picture, rng, seconds)
     else:
         scene, frames = scene_frames(rng, seconds)
         clip["objects"] = scene["objects"]
@@ -124,6 +130,7 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
         skip: tuple[str, ...] = ()
         if texts:
             skip, clip["quote"] = supported(clip, texts[clip["video"]])
+            clip["seen"] = seen(texts[clip["video"]])
             clip["unsupported"] = list(skip)
         qa += records(clip, clip_rng(seed, index + 1_000_000), per_clip, skip)
     qa += avsynth_qa

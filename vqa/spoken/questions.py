@@ -1,7 +1,8 @@
 """Questions about a spoken clip and their sentence answers, from what the generator put in it.
 
 A clip's `sound` is one of SOUNDS; speech has a `language` and the `text` said; the picture is an AVSynth
-scene (`objects`, as in AVSynth metadata) or a gradient (`objects` None). Every answer states only what the
+scene (`objects`, as in AVSynth metadata), a gradient (`objects` None) or a real picture (`picture`, with
+`seen`, the image classifier's concepts from the perception text, where known). Every answer states only what the
 clip holds; questions nothing in the clip can answer get UNKNOWN.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ ASK = {
              "What is the sound like?"),
     "describe": ("Describe this clip.", "What happens in this video?", "Describe what you see and hear.",
                  "Tell me about this video.", "Give a short description of the clip."),
+    "seen": ("What is shown?", "What can you see?", "What is in the picture?", "What object is shown?",
+             "What is in this video?", "What does the picture show?", "What do you see?"),
     "count": ("How many objects are there?", "How many shapes can you see?", "Count the objects on screen.",
               "How many things are shown?"),
     "color": ("What color is the {shape}?", "Which colour is the {shape}?", "What is the colour of the {shape}?"),
@@ -96,7 +99,14 @@ def _invert_sound(question: str, answer: str, sound: str) -> str:
     return answer
 
 
-def _picture(clip: dict) -> str:
+def _picture(clip: dict) -> str | None:
+    """What the picture shows, or None for a real picture whose perception text is not known."""
+    if clip.get("picture"):
+        if "seen" not in clip:
+            return None
+        if not clip["seen"]:
+            return "I can't tell what is shown: the image classifier recognises nothing with confidence."
+        return f"The image classifier suggests: {', '.join(name for name, _ in clip['seen'][:3])} (it can be wrong)."
     if clip["objects"] is None:
         return "The picture is a smooth colour gradient drifting across the frame, with no distinct objects."
     return describe({"objects": clip["objects"], "pitch": None}).replace(" Nothing beeps.", "")
@@ -106,9 +116,13 @@ def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     """(type, question, answer) about the picture."""
     objects = clip["objects"]
     pick = lambda kind: ASK[kind][int(rng.integers(len(ASK[kind])))]  # noqa: E731
+    picture = _picture(clip)
+    seen = [("seen", pick("seen"), picture)] if picture is not None else []
+    if clip.get("picture"):
+        return seen
     if objects is None:
         none = "I can't see any distinct objects, only a colour gradient drifting across the frame."
-        return [("count", pick("count"), none)]
+        return [("count", pick("count"), none)] + seen
     n = len(objects)
     out = [("count", pick("count"), f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} "
                                     f"object{'' if n == 1 else 's'}.")]
@@ -118,7 +132,7 @@ def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
         out.append(("color", pick("color").format(shape=o["shape"]), f"It is {o['color']}."))
     out.append(("shape", pick("shape").format(color=o["color"]), f"It is a {o['shape']}."))
     out.append(("motion", pick("motion").format(color=o["color"]), _MOTION[o["motion"]]))
-    return out
+    return out + seen
 
 
 def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tuple[str, ...] = ()
@@ -134,12 +148,14 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
         pool.append((kind, q, _invert_sound(q, answer, clip["sound"]) if kind == "silent" else answer))
     heard = f"There is speech in {LANGUAGES[clip['language']]}: {_said(clip)}" if clip["sound"] == "speech" \
         else ANSWER_SOUND[clip["sound"]]
-    pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
+    if _picture(clip) is not None:
+        pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
     pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
     pool += _visual(clip, rng)
     pool = [p for p in pool if p[0] not in skip]
     first = [p for p in pool if p[0] in (("said", "language") if clip["sound"] == "speech" else ("hear",))]
-    first += [p for p in pool if p[0] == "unanswerable" or (p[0] == "describe" and rng.random() < 0.5)]
+    first += [p for p in pool if p[0] == "unanswerable" or (p[0] == "describe" and rng.random() < 0.5)
+              or (p[0] == "seen" and clip.get("picture"))]
     rest = [p for p in pool if p not in first]
     order = rng.permutation(len(rest))
     return (first + [rest[i] for i in order])[:per_clip]
