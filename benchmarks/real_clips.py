@@ -3,13 +3,15 @@
     python benchmarks/real_clips.py [--media ../shared/media] [--model [BUNDLE]] [--timing]
 
 Each line of real_clips.jsonl is a question about a clip in ../shared/media (by file name) or one
-made here (espeak-ng speech, silence, a melody; see real_clips_media.py), with a regular expression
-that a right answer matches (case-insensitive; `^sound:` / `^seen` anchor it to that line of the
-perception text). The expected answers were checked against MANIFEST.tsv's descriptions and the
-subtitle track, and against the text espeak-ng reads. "perception" scores the text block the LLM
-is given (does it hold the answer?); `--model` also asks the default bundle with perception on and
-scores its answers, beside the same bundle without perception. `--timing` prints the perception
-time of a 10 s 720p clip with speech and the transcription real-time factor.
+made here (espeak-ng speech, silence, a melody; see real_clips_media.py), with two regular
+expressions (case-insensitive): `answer`, which the perception text matches where it holds the
+answer (`^sound:` / `^seen` anchor it to that line; none for the `unknown` kind, questions nothing
+in the clip answers), and `reply`, which a right reply of a bundle matches. The expected answers
+were checked against MANIFEST.tsv's descriptions and the subtitle track, and against the text
+espeak-ng reads. "perception" scores the text block the LLM is given (does it hold the answer?);
+each `--model BUNDLE` (repeatable; alone, the default bundle) is asked with perception on, and
+without it. `--timing` prints the perception time of a 10 s 720p clip with speech and the
+transcription real-time factor.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.real_clips_media import RATE, melody, speak, write_clip  # noqa: E402
 from vqa.perception import perceive  # noqa: E402
 
-KINDS = ("speech", "sound", "sight")
+KINDS = ("speech", "sound", "sight", "unknown")
 
 
 def make_clip(item: dict, media: Path, folder: Path) -> Path | None:
@@ -67,17 +69,19 @@ def timing(folder: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
-    ap.add_argument("--model", nargs="?", const="", default=None, metavar="BUNDLE",
-                    help="also score a bundle's answers (default: the default bundle), with and without perception")
+    ap.add_argument("--model", nargs="?", const="", action="append", default=[], metavar="BUNDLE",
+                    help="also score a bundle's replies, with and without perception (alone: the default bundle); "
+                         "repeat to compare bundles")
     ap.add_argument("--timing", action="store_true")
     args = ap.parse_args()
     items = [json.loads(line) for line in (ROOT / "benchmarks" / "real_clips.jsonl").read_text().splitlines() if line.strip()]
-    qa = None
-    if args.model is not None:
+    models = []  # (row name, VideoQA)
+    for bundle in args.model:
         from vqa import VideoQA
 
-        qa = VideoQA.from_pretrained(args.model or None, perception=True)
-        plain = VideoQA(qa.model, source=qa.source, perception=False)
+        qa = VideoQA.from_pretrained(bundle or None, perception=True)
+        name = Path(bundle).name if bundle else "default"
+        models += [(f"{name}+perception", qa), (name, VideoQA(qa.model, source=qa.source, perception=False))]
     scores: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as tmp:
         for item in items:
@@ -85,23 +89,25 @@ def main() -> None:
             if path is None:
                 print(f"skip {item['id']}: {item['clip']} is not in {args.media}")
                 continue
-            text = perceive(path).to_text(max_tokens=400)
-            ok = right(text, item["answer"])
-            scores["perception"][item["kind"]].append(ok)
-            line = f"{'ok ' if ok else 'NO '} {item['kind']:6s} {item['id']:18s}"
-            if qa is not None:
-                for name, model in (("model+perception", qa), ("model", plain)):
-                    answer = model.ask(path, item["question"], max_new_tokens=48)
-                    scores[name][item["kind"]].append(right(answer, item["answer"].replace("^sound:", "").replace("^seen", "")))
-                line += f" | {answer[:60]!r}"
+            line = f"{item['kind']:7s} {item['id']:18s}"
+            if item["answer"] is not None:
+                ok = right(perceive(path).to_text(max_tokens=400), item["answer"])
+                scores["perception"][item["kind"]].append(ok)
+                line += f" perception {'ok' if ok else 'NO'}"
+            for name, model in models:
+                reply = model.ask(path, item["question"], max_new_tokens=48)
+                ok = right(reply, item["reply"])
+                scores[name][item["kind"]].append(ok)
+                line += f"\n    {'ok' if ok else 'NO'} {name}: {reply[:90]!r}"
             print(line)
         if args.timing:
             timing(Path(tmp))
     print("\naccuracy by kind (right / questions)")
-    print(f"{'scored':18s}" + "".join(f"{k:>14s}" for k in KINDS) + f"{'all':>14s}")
+    width = max([len(name) for name in scores] + [18])
+    print(f"{'scored':{width}s}" + "".join(f"{k:>14s}" for k in KINDS) + f"{'all':>14s}")
     for name, by_kind in scores.items():
         cells = [by_kind.get(k, []) for k in KINDS] + [[x for k in KINDS for x in by_kind.get(k, [])]]
-        print(f"{name:18s}" + "".join(f"{sum(c):>8d}/{len(c):<2d} {100 * sum(c) / max(len(c), 1):3.0f}%"[-14:] for c in cells))
+        print(f"{name:{width}s}" + "".join(f"{sum(c):>8d}/{len(c):<2d} {100 * sum(c) / max(len(c), 1):3.0f}%"[-14:] for c in cells))
 
 
 if __name__ == "__main__":

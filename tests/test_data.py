@@ -111,6 +111,17 @@ def test_packing_shows_each_clip_once_and_keeps_every_answer(turns, expected):
         assert {u.split("q")[-1].split("-")[0] for u in users} == {str(s.row)}  # one clip per conversation
 
 
+def test_packing_reads_the_perception_text_once():
+    from vqa.data.perception import with_perception
+
+    cache = FeatureCache(["c0.mp4"], torch.zeros(1, 1), torch.zeros(1, 1))
+    records = with_perception(_records(1, 3), {"c0.mp4": "Sound: music."})
+    (sample,) = qa_samples(records, cache, turns=3, seed=0)
+    users = [m["content"] for m in sample.messages if m["role"] == "user"]
+    assert users[0].startswith("<video>\nSound: music.\nq0-") and len(users) == 3
+    assert all(u.startswith("q0-") for u in users[1:])
+
+
 def test_epoch_order_is_a_permutation_per_epoch_and_a_function_of_position():
     order = EpochOrder(10, seed=3)
     first, second = order.take(0, 10), order.take(10, 10)

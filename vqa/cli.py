@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="bundle to start from (default: adapters/avsynth)")
     p.add_argument("--val", default=None, help="validation dataset folder (default: hold out 10%% of the clips)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: about 3 passes over DATA)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="conversations per step")
+    p.add_argument("--turns", type=int, default=1,
+                   help="pack up to N questions about the same clip into one conversation (the clip read once)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (projector and encoder: a tenth)")
     p.add_argument("--train-encoder", action="store_true", help="train the encoder too")
     p.add_argument("--chat", type=float, default=0.0,

@@ -33,10 +33,13 @@ def default_steps(records: int, batch_size: int, val_fraction: float | None) -> 
 def finetune_configs(
     data: str, out: str, base: str | None = None, val: str | None = None, steps: int | None = None,
     batch_size: int = 8, lr: float = 1e-3, train_encoder: bool = False, chat: float = 0.0, seed: int = 0,
-    workers: int | None = None, progress: bool = True, perception_tokens: int | None = None,
+    workers: int | None = None, progress: bool = True, perception_tokens: int | None = None, turns: int = 1,
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model (the base bundle's) and training configs of a fine-tune. `perception_tokens`: the budget of the
-    perception text the model reads after the clip tokens (0: none; default: the base bundle's)."""
+    perception text the model reads after the clip tokens (0: none; default: the base bundle's). `turns`: questions
+    about one clip packed into a conversation."""
+    if turns < 1:
+        raise ValueError(f"--turns must be at least 1, got {turns}")
     base_folder = Path(base) if base else bundle.default_bundle()
     model_config = bundle.read_config(base_folder)
     if perception_tokens is not None:
@@ -51,7 +54,7 @@ def finetune_configs(
     parts = ["projector", "lora"] + (["encoder"] if train_encoder else [])
     stage = StageConfig(
         name="finetune", kind="align", train=parts, steps=steps, batch_size=batch_size, lr=lr,
-        lr_scale={"projector": 0.1, "encoder": 0.1}, warmup_steps=min(10, steps // 10), chat=chat,
+        lr_scale={"projector": 0.1, "encoder": 0.1}, warmup_steps=min(10, steps // 10), chat=chat, turns=turns,
     )
     train_config = TrainConfig(
         out_dir=str(Path(out) / RUN_DIR), export=str(out), init_from=str(base_folder), seed=seed, data=data_config,
@@ -81,7 +84,7 @@ def cli(args) -> int:
     try:
         finetune(args.data, args.out, command=_command(args), base=args.base, val=args.val, steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, train_encoder=args.train_encoder, chat=args.chat,
-                 workers=args.workers, perception_tokens=args.perception_tokens)
+                 workers=args.workers, perception_tokens=args.perception_tokens, turns=args.turns)
     except (BundleError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -93,7 +96,7 @@ def _command(args) -> str:
     """The `vqa finetune` command line that reproduces a run."""
     parts = ["vqa finetune", shlex.quote(str(args.data)), "--out", shlex.quote(str(args.out))]
     defaults = {"base": None, "val": None, "steps": None, "batch_size": 8, "lr": 1e-3, "chat": 0.0, "workers": None,
-                "perception_tokens": None}
+                "perception_tokens": None, "turns": 1}
     for name, default in defaults.items():
         if getattr(args, name) != default:
             parts += [f"--{name.replace('_', '-')}", shlex.quote(str(getattr(args, name)))]

@@ -51,14 +51,15 @@ def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tok
 
 
 def with_perception(records: list[dict], texts: dict[str, str]) -> list[dict]:
-    """Copies of the records whose first user turn carries its clip's perception text after the placeholder."""
+    """Copies of the records whose first user turn carries its clip's perception text after the placeholder
+    (also kept as "perception", so packed turns can leave it out after the first)."""
     out = []
     for r in records:
         messages = [dict(m) for m in r["messages"]]
         first = messages[0]["content"]
         question = without_video(first)
         messages[0]["content"] = with_video(question, texts[r["video"]])
-        out.append({**r, "messages": messages})
+        out.append({**r, "messages": messages, "perception": texts[r["video"]]})
     return out
 
 

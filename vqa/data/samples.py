@@ -24,12 +24,12 @@ class Sample:
 def qa_samples(records: list[dict], cache: FeatureCache, turns: int = 1, seed: int = 0) -> list[Sample]:
     """Conversations to train on. With turns > 1, single-question records of the same clip are packed
     (in a seeded random order) into conversations of up to `turns` questions: they share the clip's
-    tokens, so a step learns from more answers at the same cost."""
+    tokens (and perception text), so a step learns from more answers at the same cost."""
     if turns == 1:
         return [Sample(cache.row(r["video"]), r["messages"]) for r in records]
-    by_clip: dict[str, list[list[dict]]] = {}
+    by_clip: dict[str, list[tuple[list[dict], str]]] = {}
     for r in records:
-        by_clip.setdefault(r["video"], []).append(r["messages"])
+        by_clip.setdefault(r["video"], []).append((r["messages"], r.get("perception", "")))
     rng = np.random.default_rng(seed)
     samples = []
     for video, convs in by_clip.items():
@@ -37,9 +37,10 @@ def qa_samples(records: list[dict], cache: FeatureCache, turns: int = 1, seed: i
         for start in range(0, len(convs), turns):
             messages = []
             for k, j in enumerate(order[start:start + turns]):
-                conv = [dict(m) for m in convs[j]]
-                if k:  # the placeholder only in the first turn: the clip is shown once
-                    conv[0]["content"] = without_video(conv[0]["content"])
+                conv, perception = [dict(m) for m in convs[j][0]], convs[j][1]
+                if k:  # the placeholder and the perception text only in the first turn: the clip is shown once
+                    content = conv[0]["content"].replace(f"{perception}\n", "", 1) if perception else conv[0]["content"]
+                    conv[0]["content"] = without_video(content)
                 messages += conv
             samples.append(Sample(cache.row(video), messages))
     return samples
