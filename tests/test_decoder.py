@@ -133,6 +133,25 @@ def test_batch_equals_one_at_a_time(tokenizer):
     assert batched == single
 
 
+def test_shared_prefix_batch_equals_one_at_a_time(tokenizer):
+    model = lora_model(tokenizer)
+    model.decoding = "exact"
+    questions = ["What is in the clip?", "Is there a sound in it at all, or is it silent?", "Colour?"]
+    tokens = torch.randn(model.num_video_tokens, model.llm.config.hidden_size)
+    prompts = [model.encode_prompt([{"role": "user", "content": f"<video>\n{q}"}]) for q in questions]
+    shared = model.generate_shared(tokens, prompts, max_new_tokens=6)
+    single = [model.generate_batch(tokens[None], [p], max_new_tokens=6)[0] for p in prompts]
+    assert shared == single
+    computed = []
+    dec = model.decoder()
+    real = dec.forward
+    dec.forward = lambda e, c, **k: computed.append(tuple(e.shape[:2])) or real(e, c, **k)
+    model.generate_shared(tokens, prompts, max_new_tokens=1)
+    prefix = computed[0][1]
+    assert computed[0][0] == 1 and prefix > model.num_video_tokens  # the clip's prompt once, for all three
+    assert computed[1] == (3, max(len(p.input_ids) for p in prompts) - prefix)  # then only each question
+
+
 def test_stream_stops_when_the_reader_goes_away(tokenizer):
     model = lora_model(tokenizer)
     model.stop_ids = []  # nothing ends it early

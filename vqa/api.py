@@ -243,17 +243,10 @@ class VideoQA:
         questions = [self.check_request(question)[0] for _, question in pairs]  # before any decoding
         prepared = [(self.prepare(video), question) for (video, _), question in zip(pairs, questions)]
         prompts = [self.model.encode_prompt(_messages([], question, self._context(clip))) for clip, question in prepared]
-        # similar lengths together: less padding per batch
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
-        answers = [""] * len(prompts)
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                tokens = torch.stack([prepared[i][0].tokens for i in idx])  # (B, K, H)
-                texts = self.model.generate_batch(tokens, [prompts[i] for i in idx], max_new_tokens=max_new_tokens)
-                for i, text in zip(idx, texts):
-                    answers[i] = text.strip()
-        return answers
+            answers = self.model.generate_many([clip.tokens for clip, _ in prepared], [id(clip) for clip, _ in prepared],
+                                               prompts, batch_size, max_new_tokens)
+        return [a.strip() for a in answers]
 
     def chat(self, video) -> "Chat":
         return Chat(self, self.prepare(video))

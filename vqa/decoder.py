@@ -170,7 +170,8 @@ class KVCache:
 
     `ids` (B=1 only) are the token ids at those positions, which a chat's next prompt is
     matched against; `key` names what else went in (the clip), so a prefix is only reused
-    for the same clip. `pad` (B,) counts each row's left padding in a batch.
+    for the same clip. `pad` (B,) counts each row's padding in a batch, which starts at
+    position `pad_at` (0: left padding; after a shared prefix: its length).
     """
 
     k: list[torch.Tensor]
@@ -179,6 +180,7 @@ class KVCache:
     ids: list[int] | None = None
     key: str = ""
     pad: torch.Tensor | None = None
+    pad_at: int = 0
 
     @property
     def capacity(self) -> int:
@@ -202,7 +204,7 @@ class KVCache:
         for dst, src in zip(k + v, self.k + self.v):
             dst[:, :, :n] = src[:, :, :n]
         ids = None if self.ids is None else self.ids[:n]
-        return KVCache(k, v, n, ids, self.key, self.pad)
+        return KVCache(k, v, n, ids, self.key, self.pad, self.pad_at)
 
     def reserve(self, n: int) -> None:
         """Room for n positions in all, keeping what is cached (grows by doubling)."""
@@ -319,11 +321,12 @@ class Decoder:
         positions = steps[None].expand(B, L)  # (B, L)
         mask, causal = None, False
         if cache.pad is not None and bool((cache.pad > 0).any()):
-            positions = (positions - cache.pad[:, None]).clamp(min=0)
-            keys = torch.arange(end)
+            pad, at = cache.pad[:, None], cache.pad_at
+            positions = positions - (positions - at).clamp(min=0).minimum(pad)  # the padding takes no position
+            keys = torch.arange(end)[None, None, :]
+            padding = (keys >= at) & (keys < at + cache.pad[:, None, None])  # (B, 1, end)
             # (B, 1, L, end): causal, padding hidden; a padding query sees itself so no row is empty
-            mask = (keys[None, None, :] <= steps[None, :, None]) & (
-                (keys[None, None, :] >= cache.pad[:, None, None]) | (keys[None, None, :] == steps[None, :, None]))
+            mask = (keys <= steps[None, :, None]) & (~padding | (keys == steps[None, :, None]))
             mask = mask[:, None]
         elif L > 1 and start == 0:
             causal = True
@@ -387,7 +390,25 @@ class Decoder:
         B, L, _ = embeds.shape
         cache = self.new_cache(B, L + max_new_tokens)
         cache.pad = pad
-        logits = self.forward(embeds, cache)
+        return self._greedy(self.forward(embeds, cache), cache, stop_ids, max_new_tokens)
+
+    @torch.no_grad()
+    def generate_shared(self, prefix: torch.Tensor, suffixes: torch.Tensor, pad: torch.Tensor,
+                        stop_ids: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Greedy tokens for B prompts that start the same way: the shared prefix (1, P, H) is computed
+        once, then each row's own suffix (B, S, H), left-padded by pad (B,) after the prefix."""
+        B, S, _ = suffixes.shape
+        P = prefix.shape[1]
+        one = self.new_cache(1, P + S + max_new_tokens)
+        self.forward(prefix, one)
+        cache = KVCache([t.expand(B, -1, -1, -1).contiguous() for t in one.k],
+                        [t.expand(B, -1, -1, -1).contiguous() for t in one.v], P, pad=pad, pad_at=P)
+        return self._greedy(self.forward(suffixes, cache), cache, stop_ids, max_new_tokens)
+
+    def _greedy(self, logits: torch.Tensor, cache: KVCache, stop_ids: list[int], max_new_tokens: int
+                ) -> list[list[int]]:
+        """Greedy decoding of a batch from its prompts' last logits (B, V), each row up to its first stop."""
+        B = logits.shape[0]
         stops = torch.tensor(sorted(set(stop_ids)))
         out = torch.empty(B, 0, dtype=torch.long)
         done = torch.zeros(B, dtype=torch.bool)

@@ -118,18 +118,10 @@ def answer(
     if tokens is None and not blind:
         tokens = clip_tokens(model, cache, precision=precision)
     prompts = [model.encode_prompt(question_messages(r), blind=blind) for r in records]
-    # similar lengths together: less padding per batch
-    order = sorted(range(len(records)), key=lambda i: len(prompts[i].input_ids))
-    replies: list[str] = [""] * len(records)
-    with tqdm(total=len(records), desc=desc, unit="q", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            video = None if blind else tokens[[cache.row(records[i]["video"]) for i in idx]].to(model.device)
-            with autocast(precision, model.device):
-                texts = model.generate_batch(video, [prompts[i] for i in idx], max_new_tokens=max_new_tokens)
-            for i, text in zip(idx, texts):
-                replies[i] = text
-            bar.update(len(idx))
+    rows = [cache.row(r["video"]) for r in records]
+    video = [None if blind else tokens[row].to(model.device) for row in rows]
+    with tqdm(total=len(records), desc=desc, unit="q", disable=not progress) as bar, autocast(precision, model.device):
+        replies = model.generate_many(video, rows, prompts, batch_size, max_new_tokens, done=bar.update)
     model.train(was_training)
     return replies
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decoder import MODES, Decoder, KVCache, unsupported_reason
+from .decoder import MODES, Decoder, KVCache, common_prefix, unsupported_reason
 from .encoder import AVEncoder
 from .prompt import IGNORE_INDEX, EncodedPrompt, encode_conversation, pad_batch
 
@@ -262,6 +262,61 @@ class VideoLLM(nn.Module):
             do_sample=False, temperature=None, top_p=None, top_k=None,
         )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def generate_shared(self, video_tokens: torch.Tensor, prompts: list[EncodedPrompt], max_new_tokens: int = 8
+                        ) -> list[str]:
+        """Greedy answers for several prompts about one clip (video_tokens (K, H)): the lean decoder computes
+        the part they share (system prompt, clip, perception text) once; without it, as generate_batch."""
+        decoder = self.decoder()
+        if decoder is None or len(prompts) < 2:
+            return self.generate_batch(video_tokens[None].expand(len(prompts), -1, -1), prompts, max_new_tokens)
+        ids = [p.input_ids.tolist() for p in prompts]
+        shared = min(min(common_prefix(ids[0], other) for other in ids), min(len(x) for x in ids) - 1)
+        if shared < 1:
+            return self.generate_batch(video_tokens[None].expand(len(prompts), -1, -1), prompts, max_new_tokens)
+        embeds = [self.embed(p.input_ids[None].to(self.device), p.video_mask[None].to(self.device),
+                             video_tokens[None]).float() for p in prompts]  # each (1, L_i, H)
+        tails = [e[0, shared:] for e in embeds]
+        longest = max(len(t) for t in tails)
+        suffixes = torch.zeros(len(tails), longest, embeds[0].shape[-1])  # (B, S, H), left-padded
+        for i, t in enumerate(tails):
+            suffixes[i, longest - len(t):] = t
+        pad = torch.tensor([longest - len(t) for t in tails])
+        out = decoder.generate_shared(embeds[0][:, :shared], suffixes, pad, self.stop_ids, max_new_tokens)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def generate_many(self, video_tokens: list[torch.Tensor | None], clips: list, prompts: list[EncodedPrompt],
+                      batch_size: int = 16, max_new_tokens: int = 8, done: Callable[[int], None] | None = None
+                      ) -> list[str]:
+        """Greedy answers for many prompts in batches of at most batch_size, in order. video_tokens[i]: prompt i's
+        clip tokens (K, H) (None: blind); clips[i] names its clip, so the questions about one clip share their
+        prompt prefix (generate_shared) and the rest are batched by length (generate_batch). `done(n)`: progress."""
+        answers = [""] * len(prompts)
+        by_clip: dict = {}
+        for i, clip in enumerate(clips):
+            by_clip.setdefault(clip if video_tokens[i] is not None else ("blind", i), []).append(i)
+        parts, singles = [], []
+        for idx in by_clip.values():
+            if len(idx) == 1:
+                singles += idx
+            else:
+                parts += [(True, idx[s:s + batch_size]) for s in range(0, len(idx), batch_size)]
+        singles.sort(key=lambda i: len(prompts[i].input_ids))  # similar lengths together: less padding
+        parts += [(False, singles[s:s + batch_size]) for s in range(0, len(singles), batch_size)]
+        for shared, idx in parts:
+            batch = [prompts[i] for i in idx]
+            if shared:
+                texts = self.generate_shared(video_tokens[idx[0]], batch, max_new_tokens)
+            else:
+                blind = video_tokens[idx[0]] is None
+                texts = self.generate_batch(None if blind else torch.stack([video_tokens[i] for i in idx]), batch,
+                                            max_new_tokens)
+            for i, text in zip(idx, texts):
+                answers[i] = text
+            if done is not None:
+                done(len(idx))
+        return answers
 
     # ---- weights that a bundle saves ----
     def av_state_dict(self) -> dict[str, torch.Tensor]:
