@@ -33,7 +33,7 @@ def test_records_are_valid_and_typed(spoken):
     clips = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
     assert len(clips) == 8 and all((out / c["video"]).is_file() for c in clips)
     assert all((out / r["video"]).is_file() for r in records)
-    spoken_types = set(questions.ASK)
+    spoken_types = set(questions.ASK) | {"content"}
     avsynth = [r for r in records if r["video"].startswith("avsynth/")]
     assert avsynth and all(r["conversations"][1]["value"] == r["answer"] for r in avsynth)
     for r in records:
@@ -100,6 +100,21 @@ def test_questions_quote_the_checked_transcript_and_skip_unsupported_kinds():
     assert got["unanswerable"] == questions.UNKNOWN
     kinds = [kind for kind, _, _ in questions.questions(clip, rng, per_clip=20, skip=check.SOUND_KINDS)]
     assert kinds and not set(kinds) & set(check.SOUND_KINDS)
+
+
+def test_content_questions_are_answered_from_the_transcript_only_where_it_holds_the_answer():
+    text = "The flight to London is delayed by two hours."
+    clip = {"id": "x", "video": "clips/x.mp4", "sound": "speech", "language": "en", "text": text,
+            "quote": "The flight to London is delayed by two hours.", "objects": None}
+    got = {kind: (q, a) for kind, q, a in questions.questions(clip, np.random.default_rng(0), per_clip=20)}
+    assert got["content"] == ("How long is the flight delayed?", "Two hours, according to the speaker.")
+    misheard = {**clip, "quote": "The flight to London is delayed by a few hours."}
+    kinds = {kind for kind, _, _ in questions.questions(misheard, np.random.default_rng(0), per_clip=20)}
+    assert "content" not in kinds and "said" in kinds
+    kinds = {kind for kind, _, _ in questions.questions(clip, np.random.default_rng(0), 20, skip=check.QUOTE_KINDS)}
+    assert "content" not in kinds
+    spanish = {**clip, "language": "es", "text": "El museo está cerrado los lunes.", "quote": None}
+    assert "content" not in {kind for kind, _, _ in questions.questions(spanish, np.random.default_rng(0), 20)}
 
 
 def test_seen_line_parsed_and_picture_answers_name_its_concepts():

@@ -32,8 +32,8 @@ AVSYNTH_DIR = "avsynth"
 SOUND_SHARES = {"speech": 0.55, "music": 0.15, "noise": 0.1, "silence": 0.12, "no-audio": 0.08}
 RECORDED_SHARE = 0.2  # of speech clips, where the recordings are installed
 ENGLISH_SHARE = 0.45  # of espeak-ng speech; the rest spread over the other languages
-GRADIENT_SHARE = 0.2  # of pictures; the rest are AVSynth scenes without beeps, or real pictures where installed
-PICTURE_SHARE = 0.35  # of pictures, real ones (vqa.spoken.pictures) where installed
+GRADIENT_SHARE = 0.15  # of pictures; the rest are AVSynth scenes without beeps, or real pictures where installed
+PICTURE_SHARE = 0.5  # of pictures, real ones (vqa.spoken.pictures) where installed
 LEAD_S = 0.4  # silence before the speech starts
 LLM = "bundled:smollm2-135m-instruct"  # whose tokenizer counts the perception budget (the bundles' LLM)
 

@@ -7,6 +7,7 @@ clip holds; questions nothing in the clip can answer get UNKNOWN.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -15,7 +16,7 @@ from vqa.avsynth.describe import describe
 from vqa.avsynth.questions import NUMBER_WORDS
 from vqa.config import VIDEO_PLACEHOLDER
 
-from .sentences import LANGUAGES
+from .sentences import ASKED, LANGUAGES
 
 SOUNDS = ("speech", "music", "noise", "silence", "no-audio")
 UNKNOWN = "I can't tell from this clip."
@@ -37,7 +38,9 @@ ASK = {
     "describe": ("Describe this clip.", "What happens in this video?", "Describe what you see and hear.",
                  "Tell me about this video.", "Give a short description of the clip."),
     "seen": ("What is shown?", "What can you see?", "What is in the picture?", "What object is shown?",
-             "What is in this video?", "What does the picture show?", "What do you see?"),
+             "What is in this video?", "What does the picture show?", "What do you see?", "What is visible?",
+             "Which objects appear in the video?", "What is the main thing in the frame?", "Name what you see.",
+             "What animal or object is in the clip?", "What is on screen?"),
     "count": ("How many objects are there?", "How many shapes can you see?", "Count the objects on screen.",
               "How many things are shown?"),
     "color": ("What color is the {shape}?", "Which colour is the {shape}?", "What is the colour of the {shape}?"),
@@ -64,6 +67,17 @@ _MOTION = {"left": "It moves left.", "right": "It moves right.", "up": "It moves
 def _said(clip: dict) -> str:
     """The words quoted: what perception transcribed where the generator checked it (`quote`), else the text read."""
     return f"\u201c{clip.get('quote') or clip['text']}\u201d"
+
+
+def _content(clip: dict) -> tuple[str, str] | None:
+    """A question about what an English sentence says and its answer, where the quoted transcript holds the answer."""
+    if clip["sound"] != "speech" or clip["text"] not in ASKED:
+        return None
+    question, span = ASKED[clip["text"]]
+    norm = lambda s: " ".join(re.sub(r"[^\w ]+", "", s.lower()).split())  # noqa: E731
+    if norm(span) not in norm(clip.get("quote") or clip["text"]):
+        return None
+    return question, f"{span[0].upper()}{span[1:]}, according to the speaker."
 
 
 def _sound_answers(clip: dict) -> dict[str, str]:
@@ -151,9 +165,11 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     if _picture(clip) is not None:
         pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
     pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
+    if _content(clip) is not None:
+        pool.append(("content", *_content(clip)))
     pool += _visual(clip, rng)
     pool = [p for p in pool if p[0] not in skip]
-    first = [p for p in pool if p[0] in (("said", "language") if clip["sound"] == "speech" else ("hear",))]
+    first = [p for p in pool if p[0] in (("said", "content", "language") if clip["sound"] == "speech" else ("hear",))]
     first += [p for p in pool if p[0] == "unanswerable" or (p[0] == "describe" and rng.random() < 0.5)
               or (p[0] == "seen" and clip.get("picture"))]
     rest = [p for p in pool if p not in first]
