@@ -162,11 +162,22 @@ def test_long_transcript_is_cut_by_time_within_the_budget():
     text = p.to_text(max_tokens=60, count=words)
     assert words(text) <= 60
     assert "[0.0-4.5 s] sentence number 0" in text
-    kept = text.count("sentence number")
-    assert 0 < kept < 40 and f"transcript cut at {5.0 * kept:.1f} s of 200.0 s" in text
+    kept = text.count("of a long talk")  # whole segments; the next is cut at its start or within, words kept
+    assert 0 < kept < 40
+    assert (f"transcript cut at {5.0 * kept:.1f} s of 200.0 s" in text
+            or f"transcript cut within {5.0 * kept:.1f}-{5.0 * kept + 4.5:.1f} s of 200.0 s" in text)
     assert "cut" not in p.to_text(max_tokens=10_000, count=words)
     with pytest.raises(ValueError, match="too small"):
         p.to_text(max_tokens=3, count=words)
+
+
+def test_a_first_segment_over_the_budget_still_shows_its_first_words():
+    long = Segment(0.0, 28.0, " ".join(f"word{k}" for k in range(200)))
+    p = Perception(Transcript([long], "en", 0.99, [(0.0, 28.0)]), None, None, duration=30.0)
+    words = lambda text: len(text.split())  # noqa: E731
+    text = p.to_text(max_tokens=60, count=words)
+    assert words(text) <= 60 and "[0.0-28.0 s] word0 word1" in text and "word199" not in text
+    assert text.endswith("(transcript cut within 0.0-28.0 s of 30.0 s: the rest is not shown)")
 
 
 def test_perception_text_goes_after_the_clip_tokens():

@@ -269,11 +269,9 @@ class VideoLLM(nn.Module):
         """Greedy answers for several prompts about one clip (video_tokens (K, H)): the lean decoder computes
         the part they share (system prompt, clip, perception text) once; without it, as generate_batch."""
         decoder = self.decoder()
-        if decoder is None or len(prompts) < 2:
-            return self.generate_batch(video_tokens[None].expand(len(prompts), -1, -1), prompts, max_new_tokens)
         ids = [p.input_ids.tolist() for p in prompts]
         shared = min(min(common_prefix(ids[0], other) for other in ids), min(len(x) for x in ids) - 1)
-        if shared < 1:
+        if decoder is None or len(prompts) < 2 or shared < 1:
             return self.generate_batch(video_tokens[None].expand(len(prompts), -1, -1), prompts, max_new_tokens)
         embeds = [self.embed(p.input_ids[None].to(self.device), p.video_mask[None].to(self.device),
                              video_tokens[None]).float() for p in prompts]  # each (1, L_i, H)

@@ -72,10 +72,26 @@ class Perception:
             last = k + 1 == len(self.transcript.segments)
             cut = f"(transcript cut at {seg.start:.1f} s of {self.duration:.1f} s: the rest is not shown)"
             if count(f"{text}\n{line}" + ("" if last else f"\n{cut}")) > max_tokens:
-                cut_line = f"{text}\n{cut}"
-                return cut_line if count(cut_line) <= max_tokens else text
+                return _cut_within(text, seg, self.duration, max_tokens, count)
             text = f"{text}\n{line}"
         return text
+
+
+def _cut_within(text: str, seg, duration: float, max_tokens: int, count: Callable[[str], int]) -> str:
+    """`text` with as many of the first words of `seg` as fit, and the cut said (a long segment still shows words)."""
+    words = seg.text.split()
+    cut = f"(transcript cut within {seg.start:.1f}-{seg.end:.1f} s of {duration:.1f} s: the rest is not shown)"
+    lo, hi = 0, len(words) - 1  # the most words that fit, by bisection: count() may be a tokenizer
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(f"{text}\n[{seg.start:.1f}-{seg.end:.1f} s] {' '.join(words[:mid])} ...\n{cut}") <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo:
+        return f"{text}\n[{seg.start:.1f}-{seg.end:.1f} s] {' '.join(words[:lo])} ...\n{cut}"
+    cut = f"(transcript cut at {seg.start:.1f} s of {duration:.1f} s: the rest is not shown)"
+    return f"{text}\n{cut}" if count(f"{text}\n{cut}") <= max_tokens else text
 
 
 def available() -> dict[str, str | None]:
