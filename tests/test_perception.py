@@ -144,6 +144,24 @@ def test_sight_names_what_is_seen():
     assert len(result.concepts.frame_top) == perception.SIGHT_FRAMES
 
 
+def test_picture_detail_tells_camera_footage_from_flat_drawings():
+    flat = np.full((2, 224, 224, 3), 40, np.uint8)
+    flat[:, 50:120, 60:150] = (200, 30, 30)  # a flat shape on a flat ground, as drawings and AVSynth scenes
+    assert sight.detail(flat) < 0.05
+    rng = np.random.default_rng(0)
+    grain = rng.integers(0, 256, (2, 112, 112, 3), dtype=np.uint8).repeat(2, 1).repeat(2, 2)  # detail everywhere
+    assert sight.detail(grain) > 0.5
+    made = lambda d: Perception(None, sight.Concepts([sight.Concept("cat", 0.5, [0.0])], [], d), None, 3.0)  # noqa: E731
+    assert "Picture: looks like a photograph or camera footage." in made(sight.PHOTO_DETAIL).to_text()
+    assert "Picture: looks drawn or computer-made." in made(sight.detail(flat)).to_text()
+
+
+@needs_sight
+def test_real_footage_looks_photographic():
+    result = perceive(shared_media("yoga.mp4"), senses=("sight",))
+    assert result.concepts.photographic, result.concepts.detail
+
+
 def test_efficientnet_lite_shapes_and_same_padding():
     net = EfficientNetLite().eval()
     assert sum(p.numel() for p in net.parameters()) == 4_652_008

@@ -193,6 +193,8 @@ def perception_markdown(perception) -> str:
     if perception.concepts is not None:
         seen = ", ".join(f"{c.name} ({c.prob:.2f})" for c in perception.concepts.concepts)
         lines.append(f"- seen (ImageNet classes): {seen or 'nothing with confidence'}")
+        kind = "like a photograph or camera footage" if perception.concepts.photographic else "drawn or computer-made"
+        lines.append(f"- picture: looks {kind} (fine detail in {perception.concepts.detail:.0%} of pixels)")
     lines += [f"- {why}" for why in perception.notices]
     return "\n".join(lines)
 

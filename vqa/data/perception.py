@@ -18,7 +18,7 @@ from ..prompt import with_video, without_video
 
 log = logging.getLogger("vqa")
 PREFIX = "perception-"
-FORMAT = 1
+FORMAT = 2  # 2: the "Picture:" line
 
 
 def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tokenizer, llm: str,

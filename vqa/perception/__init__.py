@@ -1,8 +1,9 @@
 """Pretrained perception beside the learned clip tokens: what is said, what is seen, what the sound is like.
 
 One module per sense, each optional: `speech` (Whisper base, VAD-gated transcript with times and
-language), `sight` (EfficientNet-Lite0 ImageNet concepts over time), `sound` (silence, loudness,
-speech, music). A sense whose weights package is not installed is off, with a one-line notice.
+language), `sight` (EfficientNet-Lite0 ImageNet concepts over time; whether the picture looks photographic),
+`sound` (silence, loudness, speech, music). A sense whose weights package is not installed is off, with a
+one-line notice.
 
     p = perceive("clip.mp4")
     p.to_text(max_tokens=160)   # the few lines the LLM reads after the clip tokens
@@ -53,6 +54,8 @@ class Perception:
             level = "" if s.silent else f", {s.loudness} ({s.level_db:.0f} dBFS)"
             lines.append(f"Sound: {', '.join(s.labels)}{level}.")
         if self.concepts is not None:
+            lines.append("Picture: looks like a photograph or camera footage." if self.concepts.photographic
+                         else "Picture: looks drawn or computer-made.")
             seen = ", ".join(f"{c.name} {c.prob:.2f}" for c in self.concepts.concepts)
             lines.append(f"Seen (ImageNet classes, mean probability): {seen or 'nothing with confidence'}.")
         no_track = self.sound is not None and not self.sound.has_audio

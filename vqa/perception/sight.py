@@ -34,6 +34,10 @@ WEIGHTS = "model.safetensors"
 CACHE_FORMAT = 1
 SIZE = 224
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
+# Camera pictures have fine detail almost everywhere; drawings, rendered shapes and gradients have flat areas.
+# Detail: a pixel whose grey level differs from its 4 neighbours' mean by more than DETAIL_STEP / 4 levels.
+DETAIL_STEP = 8.0
+PHOTO_DETAIL = 0.2  # share of such pixels from which a picture counts as photographic (docs/spoken.md)
 
 
 @dataclass
@@ -47,6 +51,12 @@ class Concept:
 class Concepts:
     concepts: list[Concept]  # most probable first, those with prob >= min_prob
     frame_top: list[tuple[float, str, float]]  # (seconds, top class, its probability) per frame
+    detail: float = 0.0  # share of pixels with fine detail (vqa.perception.sight.detail)
+
+    @property
+    def photographic(self) -> bool:
+        """Does the picture look like a photograph or camera footage, rather than drawn or computer-made?"""
+        return self.detail >= PHOTO_DETAIL
 
 
 def missing() -> str | None:
@@ -120,4 +130,11 @@ def classify(frames: np.ndarray, timestamps: np.ndarray, top: int = 5, min_prob:
         times = [round(float(t), 2) for t, b in zip(timestamps, best) if b == k]
         concepts.append(Concept(names[k], round(float(p), 3), times))
     frame_top = [(round(float(t), 2), names[k], round(float(p), 3)) for t, k, p in zip(timestamps, best, best_p)]
-    return Concepts(concepts, frame_top)
+    return Concepts(concepts, frame_top, detail(frames))
+
+
+def detail(frames: np.ndarray) -> float:
+    """The share of pixels with fine detail (T, S, S, 3) uint8: high for camera pictures, low for flat drawings."""
+    g = frames.astype(np.float32).mean(-1)  # (T, S, S) grey
+    laplace = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
+    return round(float((np.abs(laplace) > DETAIL_STEP).mean()), 3)

@@ -5,7 +5,9 @@ gradient, so a bundle learns to name what the image classifier saw (vqa.percepti
 unlike AVSynth's. Sources, both optional:
 
 - Debian's `openclipart-png` (/usr/share/openclipart/png, about 8,000 drawings; public domain);
-- the colour photographs shipped in scikit-image's wheel (`pip install --no-deps scikit-image`; BSD-3).
+- the colour photographs shipped in scikit-image's wheel (`pip install --no-deps scikit-image`; BSD-3);
+- three photographs shipped with installed dependencies: matplotlib's `grace_hopper.jpg` (public domain)
+  and scikit-learn's `china.jpg` and `flower.jpg` (CC-BY 2.0, see that folder's README.txt).
 
 Notation: T frames, S = SIZE pixels a side, C = 3 colour channels.
 """
@@ -23,22 +25,26 @@ from vqa.avsynth.scene import FPS
 CLIPART = Path("/usr/share/openclipart/png")
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                   "camera.png", "coins.png")
+PACKAGE_PHOTOS = {"skimage": tuple(f"data/{name}" for name in SKIMAGE_PHOTOS),
+                  "matplotlib": ("mpl-data/sample_data/grace_hopper.jpg",),
+                  "sklearn": ("datasets/images/china.jpg", "datasets/images/flower.jpg")}
 SIZE = 224  # the image classifier's input side: pictures are written at it, not at AVSynth's 128
 
 
-PHOTO_SHARE = 0.25  # of pictures drawn, where both sources are installed: the few photographs, else clip art
+PHOTO_SHARE = 0.4  # of pictures drawn, where both sources are installed: the few photographs, else clip art
 
 
 @lru_cache(maxsize=1)
 def pictures() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(photograph paths, clip art paths) installed, each sorted; empty where a source is not installed."""
     clipart = tuple(sorted(str(p) for p in CLIPART.rglob("*.png"))) if CLIPART.is_dir() else ()
-    spec = importlib.util.find_spec("skimage")
-    photos: tuple[str, ...] = ()
-    if spec is not None and spec.submodule_search_locations:
-        data = Path(next(iter(spec.submodule_search_locations))) / "data"
-        photos = tuple(str(data / name) for name in SKIMAGE_PHOTOS if (data / name).is_file())
-    return photos, clipart
+    photos = []
+    for package, names in PACKAGE_PHOTOS.items():
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            root = Path(next(iter(spec.submodule_search_locations)))
+            photos += [str(root / name) for name in names if (root / name).is_file()]
+    return tuple(photos), clipart
 
 
 def draw_picture(rng: np.random.Generator) -> str | None:
