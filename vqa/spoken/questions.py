@@ -50,7 +50,7 @@ ASK = {
     "unanswerable": ("What is the speaker's name?", "Who is speaking?", "In which city was this filmed?",
                      "What is the weather like?", "What brand is the camera?", "How old is the speaker?",
                      "What year was this recorded?", "Which country is this?", "What is the name of this song?",
-                     "Who composed the music?", "What is the person wearing?", "What time of day is it?",
+                     "Who composed the music?", "What time of day is it?",
                      "How much does it cost?", "What is the phone number of the shop?", "Whose voice is it?",
                      "What is the address?", "Which team won?", "What is the dog's name?"),
 }
