@@ -213,3 +213,12 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     # every test converts into a fresh shared cache of its own run, never the user's
     if "VQA_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("VQA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vqa-cache"))
+
+
+def test_page_shows_concepts_and_the_picture_kind():
+    from vqa.webapp import perception_markdown
+
+    p = Perception(None, sight.Concepts([sight.Concept("tabby", 0.5, [0.0])], [], 0.31), None, 3.0)
+    md = perception_markdown(p)
+    assert "tabby (0.50)" in md
+    assert "picture: looks like a photograph or camera footage (fine detail in 31% of pixels)" in md
