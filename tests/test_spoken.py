@@ -11,7 +11,7 @@ from vqa.data import read_qa
 from vqa.media import load_clip
 from vqa.spoken import check, questions
 from vqa.spoken.audio import espeak_missing
-from vqa.spoken.sentences import LANGUAGES, SENTENCES
+from vqa.spoken.sentences import ASKED, LANGUAGES, SENTENCES
 
 needs_espeak = pytest.mark.skipif(espeak_missing() is not None, reason=str(espeak_missing()))
 
@@ -115,6 +115,12 @@ def test_content_questions_are_answered_from_the_transcript_only_where_it_holds_
     assert "content" not in kinds
     spanish = {**clip, "language": "es", "text": "El museo está cerrado los lunes.", "quote": None}
     assert "content" not in {kind for kind, _, _ in questions.questions(spanish, np.random.default_rng(0), 20)}
+    # without speech, the same kind of question has no answer: nobody said anything to quote
+    music = {**clip, "sound": "music", "language": None, "text": None, "quote": None}
+    asked = {q for q, _ in ASKED.values()}
+    got = [(q, a) for seed in range(20) for _, q, a in questions.questions(music, np.random.default_rng(seed), 20)
+           if q in asked]
+    assert got and all(a == questions.UNKNOWN for _, a in got)
 
 
 def test_seen_line_parsed_and_picture_answers_name_its_concepts():

@@ -20,6 +20,7 @@ from .sentences import ASKED, LANGUAGES
 
 SOUNDS = ("speech", "music", "noise", "silence", "no-audio")
 UNKNOWN = "I can't tell from this clip."
+NO_CONTENT_SHARE = 0.6  # of clips without speech, asked a content question that only a transcript could answer
 
 ASK = {
     "said": ("What does the speaker say?", "What is said in this clip?", "What are the spoken words?",
@@ -167,6 +168,9 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
     if _content(clip) is not None:
         pool.append(("content", *_content(clip)))
+    elif clip["sound"] != "speech" and rng.random() < NO_CONTENT_SHARE:  # nobody says it: no answer to quote
+        question = list(ASKED.values())[int(rng.integers(len(ASKED)))][0]
+        pool.append(("unanswerable", question, UNKNOWN))
     pool += _visual(clip, rng)
     pool = [p for p in pool if p[0] not in skip]
     first = [p for p in pool if p[0] in (("said", "content", "language") if clip["sound"] == "speech" else ("hear",))]
