@@ -99,7 +99,7 @@ def first_piece(stream) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", default=None, help="bundle folder (default: adapters/avsynth)")
+    parser.add_argument("--adapter", default=None, help="bundle folder (default: adapters/real)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--questions", type=int, default=16, help="pairs for ask_many against one at a time")

@@ -63,8 +63,8 @@ def test_example_then_upload_ask_and_see_the_streamed_answer(browser, server):
 
     # an example clip: one click loads it and fills in its question; Enter asks
     page.locator("tr.tr-body").first.click()
-    info.get_by_text(".mp4").wait_for()
-    assert "3.0 s" in info.inner_text()  # AVSynth clips last 3 s
+    info.get_by_text("museum.mp4").wait_for()  # the first spoken example: English speech over a drawing
+    assert "6.2 s" in info.inner_text() and "sound: yes" in info.inner_text()
     question = page.locator("#question textarea")
     assert question.input_value().strip()
     question.press("Enter")

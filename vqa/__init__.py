@@ -1,8 +1,8 @@
 """vqa: ask questions about what is seen and heard in a video clip.
 
     from vqa import VideoQA, load_clip
-    qa = VideoQA.from_pretrained()          # adapters/avsynth
-    qa.ask("clip.mp4", "What color is the object that beeps?")
+    qa = VideoQA.from_pretrained()          # adapters/real
+    qa.ask("clip.mp4", "What does the speaker say?")
 """
 from __future__ import annotations
 

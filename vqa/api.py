@@ -96,7 +96,7 @@ class VideoQA:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
                         perception: bool | None = None) -> "VideoQA":
-        """Load a bundle folder; with no argument, the default `adapters/avsynth`. `perception`: see vqa.perception."""
+        """Load a bundle folder; with no argument, the default `adapters/real`. `perception`: see vqa.perception."""
         from .llm import load_llm
         from .model import VideoLLM
 
@@ -104,7 +104,7 @@ class VideoQA:
         if not folder.is_dir():
             hint = (
                 "no default adapter is installed yet: train one with `vqa train --config configs/avsynth.yaml` "
-                "(see the README), or pass a bundle folder"
+                "and `vqa finetune` on spoken clips (docs/spoken.md), or pass a bundle folder"
                 if path is None else "pass a folder written by `save_pretrained` or `vqa train`"
             )
             raise bundle.BundleError(f"bundle folder {folder} does not exist: {hint}")

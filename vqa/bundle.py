@@ -37,7 +37,7 @@ def adapters_dir() -> Path:
 
 
 def default_bundle() -> Path:
-    return adapters_dir() / "avsynth"
+    return adapters_dir() / "real"
 
 
 def find_bundles(root: Path | None = None) -> list[Path]:

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a bundle on a folder of your own clips and questions (qa.jsonl)")
     p.add_argument("data", help="dataset folder with qa.jsonl")
     p.add_argument("--out", required=True, help="folder for the new bundle (and its training/ run)")
-    p.add_argument("--base", default=None, help="bundle to start from (default: adapters/avsynth)")
+    p.add_argument("--base", default=None, help="bundle to start from (default: adapters/real)")
     p.add_argument("--val", default=None, help="validation dataset folder (default: hold out 10%% of the clips)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: about 3 passes over DATA)")
     p.add_argument("--batch-size", type=int, default=8, help="conversations per step")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML training config")
 
     p = sub.add_parser("eval", help="answer accuracy and loss on a dataset, beside the blind baseline")
-    p.add_argument("--adapter", default=None, help="bundle folder (default: adapters/avsynth)")
+    p.add_argument("--adapter", default=None, help="bundle folder (default: adapters/real)")
     p.add_argument("--data", required=True, help="dataset folder with qa.jsonl")
     p.add_argument("--recipe", default=None,
                    help="a recipe that scores the dataset too (default: the one its dataset.json names)")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web chat")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
-    p.add_argument("--adapter", default=None, help="bundle name in adapters/ or folder (default: adapters/avsynth)")
+    p.add_argument("--adapter", default=None, help="bundle name in adapters/ or folder (default: adapters/real)")
     p.add_argument("--untrained", action="store_true", help="serve the base LLM with an untrained encoder")
 
     from .convert import FORMATS  # standard library only: --help stays instant
@@ -99,7 +99,7 @@ def _positive_int(text: str) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", default=None, help="bundle folder (default: adapters/avsynth)")
+    p.add_argument("--adapter", default=None, help="bundle folder (default: adapters/real)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     p.add_argument("--perception", action=argparse.BooleanOptionalAction, default=None,

@@ -36,7 +36,7 @@ UNTRAINED = "untrained"
 # Serving limits; environment variables override them.
 MAX_UPLOAD_MB = int(os.environ.get("VQA_MAX_UPLOAD_MB", 200))
 # a function giving the page's (clip, question) examples, as "module:function" (empty: none)
-EXAMPLES = os.environ.get("VQA_EXAMPLES", "vqa.avsynth.examples:example_clips")
+EXAMPLES = os.environ.get("VQA_EXAMPLES", "vqa.spoken.examples:example_clips")
 MAX_DURATION_S = float(os.environ.get("VQA_MAX_DURATION_S", 600))
 CONCURRENCY = int(os.environ.get("VQA_CONCURRENCY", 2))  # model calls at once; more wait in the queue
 QUEUE_SIZE = 64

@@ -1,4 +1,5 @@
-"""Spoken clips: a training-data recipe for real-clip questions, kept out of the core (nothing in vqa imports it).
+"""Spoken clips: a training-data recipe for real-clip questions, kept out of the core (only the web page's
+default examples come from it).
 
 Clips whose sound is speech (espeak-ng voices in six languages, and Debian's recorded Asterisk prompts where
 installed), a melody, noise, silence or no audio track, over AVSynth scenes without beeps or drifting
