@@ -459,8 +459,8 @@ def build_demo(model: str | None = None) -> gr.Blocks:
         )
         notice = gr.Markdown(model_notice(model), label="notice")
         clip = gr.State(None)
-        question = gr.Textbox(label="Question", placeholder="Ask about the clip, e.g. What color is the object "
-                              "that beeps?", show_label=False, scale=5, elem_id="question", render=False)
+        question = gr.Textbox(label="Question", placeholder="Ask about the clip, e.g. What does the speaker "
+                              "say? Is there music?", show_label=False, scale=5, elem_id="question", render=False)
         with gr.Row():
             with gr.Column(scale=2):
                 video = gr.Video(label="Clip", sources=["upload", "webcam"], include_audio=True, height=300)
