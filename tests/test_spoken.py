@@ -162,8 +162,14 @@ def test_finetune_perception_tokens_sets_the_model_config(tmp_path):
         {"from": "human", "value": "<video>\nQ?"}, {"from": "gpt", "value": "A."}]}) + "\n")
     model_config, _ = finetune_configs(str(data), str(tmp_path / "out"), perception_tokens=160)
     assert model_config.perception_tokens == 160
-    model_config, _ = finetune_configs(str(data), str(tmp_path / "out"))
-    assert model_config.perception_tokens == 0  # the base bundle's
+    from vqa import bundle
+
+    model_config, _ = finetune_configs(str(data), str(tmp_path / "out"))  # the default bundle's budget
+    assert model_config.perception_tokens == bundle.read_config(bundle.default_bundle()).perception_tokens > 0
+    model_config, _ = finetune_configs(str(data), str(tmp_path / "out"), base=str(bundle.adapters_dir() / "avsynth"))
+    assert model_config.perception_tokens == 0  # the base bundle's: adapters/avsynth reads no perception
+    model_config, _ = finetune_configs(str(data), str(tmp_path / "out"), perception_tokens=0)
+    assert model_config.perception_tokens == 0
     with pytest.raises(ValueError, match="perception-tokens"):
         finetune_configs(str(data), str(tmp_path / "out"), perception_tokens=-1)
 
