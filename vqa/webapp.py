@@ -190,11 +190,11 @@ def perception_markdown(perception) -> str:
             lines += [f"    - {seg.start:.1f}-{seg.end:.1f} s: {seg.text.strip()}" for seg in t.segments]
         else:
             lines.append("- speech: no words heard")
-    if perception.concepts is not None:
-        seen = ", ".join(f"{c.name} ({c.prob:.2f})" for c in perception.concepts.concepts)
+    concepts = perception.concepts
+    if concepts is not None:
+        seen = ", ".join(f"{c.name} ({c.prob:.2f})" for c in concepts.concepts)
         lines.append(f"- seen (ImageNet classes): {seen or 'nothing with confidence'}")
-        kind = "like a photograph or camera footage" if perception.concepts.photographic else "drawn or computer-made"
-        lines.append(f"- picture: looks {kind} (fine detail in {perception.concepts.detail:.0%} of pixels)")
+        lines.append(f"- picture: looks {concepts.looks} (fine detail in {concepts.detail:.0%} of pixels)")
     lines += [f"- {why}" for why in perception.notices]
     return "\n".join(lines)
 

@@ -54,8 +54,7 @@ class Perception:
             level = "" if s.silent else f", {s.loudness} ({s.level_db:.0f} dBFS)"
             lines.append(f"Sound: {', '.join(s.labels)}{level}.")
         if self.concepts is not None:
-            lines.append("Picture: looks like a photograph or camera footage." if self.concepts.photographic
-                         else "Picture: looks drawn or computer-made.")
+            lines.append(f"Picture: looks {self.concepts.looks}.")
             seen = ", ".join(f"{c.name} {c.prob:.2f}" for c in self.concepts.concepts)
             lines.append(f"Seen (ImageNet classes, mean probability): {seen or 'nothing with confidence'}.")
         no_track = self.sound is not None and not self.sound.has_audio
@@ -71,9 +70,9 @@ class Perception:
         if self.transcript is None or no_track:
             return text
         for k, seg in enumerate(self.transcript.segments):
-            line = f"[{seg.start:.1f}-{seg.end:.1f} s] {seg.text}"
+            line = f"{_stamp(seg)} {seg.text}"
             last = k + 1 == len(self.transcript.segments)
-            cut = f"(transcript cut at {seg.start:.1f} s of {self.duration:.1f} s: the rest is not shown)"
+            cut = _cut_note(f"at {seg.start:.1f} s", self.duration)
             if count(f"{text}\n{line}" + ("" if last else f"\n{cut}")) > max_tokens:
                 return _cut_within(text, seg, self.duration, max_tokens, count)
             text = f"{text}\n{line}"
@@ -83,18 +82,27 @@ class Perception:
 def _cut_within(text: str, seg, duration: float, max_tokens: int, count: Callable[[str], int]) -> str:
     """`text` with as many of the first words of `seg` as fit, and the cut said (a long segment still shows words)."""
     words = seg.text.split()
-    cut = f"(transcript cut within {seg.start:.1f}-{seg.end:.1f} s of {duration:.1f} s: the rest is not shown)"
+    cut = _cut_note(f"within {seg.start:.1f}-{seg.end:.1f} s", duration)
+    partial = lambda n: f"{text}\n{_stamp(seg)} {' '.join(words[:n])} ...\n{cut}"  # noqa: E731
     lo, hi = 0, len(words) - 1  # the most words that fit, by bisection: count() may be a tokenizer
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count(f"{text}\n[{seg.start:.1f}-{seg.end:.1f} s] {' '.join(words[:mid])} ...\n{cut}") <= max_tokens:
+        if count(partial(mid)) <= max_tokens:
             lo = mid
         else:
             hi = mid - 1
     if lo:
-        return f"{text}\n[{seg.start:.1f}-{seg.end:.1f} s] {' '.join(words[:lo])} ...\n{cut}"
-    cut = f"(transcript cut at {seg.start:.1f} s of {duration:.1f} s: the rest is not shown)"
+        return partial(lo)
+    cut = _cut_note(f"at {seg.start:.1f} s", duration)
     return f"{text}\n{cut}" if count(f"{text}\n{cut}") <= max_tokens else text
+
+
+def _stamp(seg) -> str:
+    return f"[{seg.start:.1f}-{seg.end:.1f} s]"
+
+
+def _cut_note(where: str, duration: float) -> str:
+    return f"(transcript cut {where} of {duration:.1f} s: the rest is not shown)"
 
 
 def available() -> dict[str, str | None]:

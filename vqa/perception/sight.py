@@ -58,6 +58,11 @@ class Concepts:
         """Does the picture look like a photograph or camera footage, rather than drawn or computer-made?"""
         return self.detail >= PHOTO_DETAIL
 
+    @property
+    def looks(self) -> str:
+        """How the picture looks, in words: "Picture: looks {looks}."."""
+        return "like a photograph or camera footage" if self.photographic else "drawn or computer-made"
+
 
 def missing() -> str | None:
     """Why sight is off (a one-line notice), or None when it can run."""

@@ -43,9 +43,13 @@ def seen(text: str) -> list[tuple[str, float]]:
     return [(m.group(1), float(m.group(2))) for m in pairs if m]
 
 
+def normalise(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces: how quotes and sentences are compared."""
+    return " ".join(re.sub(r"[^\w ]+", "", text.lower()).split())
+
+
 def similarity(a: str, b: str) -> float:
-    norm = lambda s: re.sub(r"[^\w ]+", "", s.lower()).split()  # noqa: E731
-    return SequenceMatcher(None, " ".join(norm(a)), " ".join(norm(b))).ratio()
+    return SequenceMatcher(None, normalise(a), normalise(b)).ratio()
 
 
 def supported(clip: dict, text: str) -> tuple[tuple[str, ...], str | None]:

@@ -7,7 +7,6 @@ clip holds; questions nothing in the clip can answer get UNKNOWN.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 import numpy as np
@@ -16,6 +15,7 @@ from vqa.avsynth.describe import describe
 from vqa.avsynth.questions import NUMBER_WORDS
 from vqa.config import VIDEO_PLACEHOLDER
 
+from .check import normalise
 from .sentences import ASKED, LANGUAGES
 
 SOUNDS = ("speech", "music", "noise", "silence", "no-audio")
@@ -75,8 +75,7 @@ def _content(clip: dict) -> tuple[str, str] | None:
     if clip["sound"] != "speech" or clip["text"] not in ASKED:
         return None
     question, span = ASKED[clip["text"]]
-    norm = lambda s: " ".join(re.sub(r"[^\w ]+", "", s.lower()).split())  # noqa: E731
-    if norm(span) not in norm(clip.get("quote") or clip["text"]):
+    if normalise(span) not in normalise(clip.get("quote") or clip["text"]):
         return None
     return question, f"{span[0].upper()}{span[1:]}, according to the speaker."
 
@@ -166,8 +165,9 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     if _picture(clip) is not None:
         pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
     pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
-    if _content(clip) is not None:
-        pool.append(("content", *_content(clip)))
+    content = _content(clip)
+    if content is not None:
+        pool.append(("content", *content))
     elif clip["sound"] != "speech" and rng.random() < NO_CONTENT_SHARE:  # nobody says it: no answer to quote
         question = list(ASKED.values())[int(rng.integers(len(ASKED)))][0]
         pool.append(("unanswerable", question, UNKNOWN))
