@@ -10,8 +10,9 @@ in the clip answers), and `reply`, which a right reply of a bundle matches. The 
 were checked against MANIFEST.tsv's descriptions and the subtitle track, and against the text
 espeak-ng reads. "perception" scores the text block the LLM is given (does it hold the answer?);
 each `--model BUNDLE` (repeatable; alone, the default bundle) is asked with perception on, and
-without it. `--timing` prints the perception time of a 10 s 720p clip with speech and the
-transcription real-time factor.
+without it. `--timing` prints the time a 10 s 720p clip with speech takes to be ready through the API (the
+first --model, else the default bundle) with and without perception, the transcription real-time
+factor on a minute of speech, and the peak RSS.
 """
 from __future__ import annotations
 
@@ -48,22 +49,44 @@ def right(answer: str, pattern: str) -> bool:
     return re.search(pattern, answer, re.IGNORECASE | re.MULTILINE) is not None
 
 
-def timing(folder: Path) -> None:
-    """Perception time of a 10 s 1280x720 clip with speech, and the transcription real-time factor."""
+def timing(folder: Path, bundle: str | None) -> None:
+    """Clip ready (decode, perception, encode) through the API for a 10 s 1280x720 clip with speech,
+    with and without perception; transcription speed on a minute of speech; peak RSS."""
+    import resource
+
+    from vqa import VideoQA
+    from vqa.perception import speech
+
     text = ("This is a ten second test of the perception pipeline. The quick brown fox jumps over the lazy dog, "
             "and then the dog sleeps in the sun.")
     audio = speak(text, "en")[: 10 * RATE]
     path = write_clip(folder / "720p.mp4", audio, seconds=10.0, size=(1280, 720), fps=30, color=(90, 120, 60))
-    perceive(path)  # warm: model loads, cache, librosa's first call
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        p = perceive(path)
-        runs.append((time.perf_counter() - start, p.seconds))
-    total, secs = sorted(runs, key=lambda r: r[0])[1]
-    print(f"perception of a 10 s 720p clip (decode at 224 px, 8 frames, + speech + sight + sound), median of 3: "
-          f"{total:.2f} s  [speech {secs.get('speech', 0):.2f} s = real-time factor {secs.get('speech', 0) / 10:.2f}, "
-          f"sight {secs.get('sight', 0):.2f} s, sound {secs.get('sound', 0):.2f} s]")
+    qa = VideoQA.from_pretrained(bundle or None, perception=True)
+    qa.prepare(path)  # warm: models load, caches, librosa's first call
+    ready = {}
+    for perception in (True, False):
+        qa.perception, runs = perception, []
+        for _ in range(3):
+            qa._cache.clear()
+            start = time.perf_counter()
+            prepared = qa.prepare(path)
+            runs.append((time.perf_counter() - start, prepared.perception))
+        ready[perception] = sorted(runs, key=lambda r: r[0])[1]
+    (total, p), (bare, _) = ready[True], ready[False]
+    secs = p.seconds
+    print(f"clip ready, 10 s 720p clip with speech ({Path(str(qa.source)).name}), median of 3: {total:.2f} s with perception "
+          f"[speech {secs.get('speech', 0):.2f} s, sight {secs.get('sight', 0):.2f} s, sound {secs.get('sound', 0):.2f} s], "
+          f"{bare:.2f} s without")
+    sentences = [text, "The library closes at nine tonight, so please return your books before then.",
+                 "Welcome to the museum. The new exhibition about the ocean opens on the second floor."]
+    long = np.concatenate([speak(sentences[k % 3], "en") for k in range(12)])[: 60 * RATE]
+    marks = []
+    start = time.perf_counter()
+    transcript = speech.transcribe(long, progress=lambda done, total: marks.append(done))
+    took = time.perf_counter() - start
+    print(f"transcription of {len(long) / RATE:.0f} s of speech: {took:.1f} s = real-time factor {took / (len(long) / RATE):.3f}, "
+          f"{len(transcript.segments)} segments, {len(marks)} progress calls")
+    print(f"peak RSS with everything loaded: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 def main() -> None:
@@ -101,7 +124,7 @@ def main() -> None:
                 line += f"\n    {'ok' if ok else 'NO'} {name}: {reply[:90]!r}"
             print(line)
         if args.timing:
-            timing(Path(tmp))
+            timing(Path(tmp), args.model[0] if args.model else None)
     print("\naccuracy by kind (right / questions)")
     width = max([len(name) for name in scores] + [18])
     print(f"{'scored':{width}s}" + "".join(f"{k:>14s}" for k in KINDS) + f"{'all':>14s}")

