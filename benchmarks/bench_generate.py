@@ -2,10 +2,11 @@
 
     python benchmarks/bench_generate.py [--adapter DIR] [--tokens 64] [--repeats 3]
 
-Prints one markdown table. Generation is timed in one run for the lean decoder's fast and exact
-modes and for transformers' `generate` of the same PEFT model (decode tokens/s after the first
+Prints one markdown table. Generation is timed in one run for the lean decoder's fast mode (with
+and without lookahead) and exact mode and for transformers' `generate` of the same PEFT model (decode tokens/s after the first
 token, best of --repeats, the three interleaved so that a busy machine slows them alike), with
-each one's ratio to `generate`. First token: a new 10 s 720p clip (decode, features, encoder,
+each one's ratio to `generate`; then on whole answers to the page's example questions, fast mode
+with and without lookahead. First token: a new 10 s 720p clip (decode, features, encoder,
 prompt) and a chat's follow-up question. Clip-ready: `VideoQA.prepare` on that clip, whole and
 split into decoding, features and encoder. Batches: `ask_many` against one question at a time.
 """
@@ -79,14 +80,46 @@ def decode_rate(model, embeds, ids, n: int, how: str) -> float:
                            top_k=None, pad_token_id=model.tokenizer.pad_token_id,
                            stopping_criteria=StoppingCriteriaList([Clock()]))
         return (n - 1) / (time.perf_counter() - first[0])
-    model.decoding = how
+    model.decoding = how.split(",")[0]
     dec = model.decoder()
+    lookahead, dec.lookahead = dec.lookahead, 0 if "no lookahead" in how else dec.lookahead
     cache = dec.new_cache(capacity=len(ids) + n)
     stream = dec.stream(dec.prefill(ids, embeds, cache), cache, [], n)
     next(stream)
     t0 = time.perf_counter()
     count = sum(1 for _ in stream)
+    dec.lookahead = lookahead
     return count / (time.perf_counter() - t0)
+
+
+def answer_rates(qa, dec, repeats: int) -> list[tuple[str, str, str]]:
+    """Tokens/s after the first token of whole answers (to their stop token) about the page's example
+    clips, fast mode with and without lookahead; the replies must be the same."""
+    from vqa.api import PrefixPool
+    from vqa.spoken.examples import spoken_examples
+
+    pairs = [(path, q) for path, _ in spoken_examples() for q in ("What does the speaker say?", "Describe this clip.")]
+    best, replies = {}, {}
+    for _ in range(repeats):
+        for lookahead in (dec.lookahead, 0):
+            saved, dec.lookahead = dec.lookahead, lookahead
+            tokens, seconds, texts = 0, 0.0, []
+            for path, question in pairs:
+                qa.prefixes = PrefixPool(qa.prefixes.max_bytes)
+                stream = qa.stream(path, question, max_new_tokens=96)
+                pieces = [next(stream)]
+                t0 = time.perf_counter()
+                pieces += list(stream)
+                seconds += time.perf_counter() - t0
+                texts.append("".join(pieces))
+                tokens += len(qa.model.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]) - 1
+            dec.lookahead = saved
+            best[lookahead] = max(best.get(lookahead, 0.0), tokens / seconds)
+            replies[lookahead] = texts
+    same = "same replies" if replies[dec.lookahead] == replies[0] else "REPLIES DIFFER"
+    return [(f"tokens/s answering the page's {len(pairs)} example questions, fast mode", f"{best[dec.lookahead]:.1f}",
+             f"{best[dec.lookahead] / best[0]:.2f}x without lookahead ({same})"),
+            ("tokens/s answering them, fast mode without lookahead", f"{best[0]:.1f}", "")]
 
 
 def first_piece(stream) -> float:
@@ -105,7 +138,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16, help="pairs for ask_many against one at a time")
     args = parser.parse_args()
 
-    from vqa.api import PrefixPool, VideoQA
+    from vqa.api import PrefixPool, VideoQA, _messages
     from vqa.features import clip_features
     from vqa.media import load_clip
 
@@ -120,13 +153,14 @@ def main() -> None:
         prepared = qa.prepare(clip)
 
         # ---- generation ----
-        prompt = model.encode_prompt([{"role": "user", "content": f"<video>\n{QUESTION}"}])
+        # the prompt the API builds (with the perception text where the bundle reads it)
+        prompt = model.encode_prompt(_messages([], QUESTION, qa._context(prepared)))
         ids = prompt.input_ids.tolist()
         with torch.no_grad():
             embeds = model.embed(prompt.input_ids[None], prompt.video_mask[None], prepared.tokens[None])
-        hows = ("fast", "exact", "transformers")
+        hows = ("fast", "fast, no lookahead", "exact", "transformers")
         best = {h: 0.0 for h in hows}
-        for how in hows[:2]:  # build both decoders before timing
+        for how in ("fast", "exact"):  # build both decoders before timing
             model.decoding = how
             model.decoder()
         for _ in range(args.repeats):
@@ -137,7 +171,8 @@ def main() -> None:
             rows.append((f"tokens/s, {how}" + (" (generate, fp32)" if how == "transformers" else " mode"),
                          f"{best[how]:.1f}", ratio if how != "transformers" else ""))
         model.decoding = "fast"
-        model.decoder()
+        dec = model.decoder()
+        rows += answer_rates(qa, dec, args.repeats)
 
         # ---- clip-ready and first tokens ----
         media = model.config.media

@@ -11,7 +11,7 @@ were checked against MANIFEST.tsv's descriptions and the subtitle track, and aga
 espeak-ng reads. "perception" scores the text block the LLM is given (does it hold the answer?);
 each `--model BUNDLE` (repeatable; alone, the default bundle) is asked with perception on, and
 without it. `--timing` prints the time a 10 s 720p clip with speech takes to be ready through the API (the
-first --model, else the default bundle) with and without perception, the transcription real-time
+first --model's, else the default bundle's) with and without perception, the transcription real-time
 factor on a minute of speech, and the peak RSS.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def right(answer: str, pattern: str) -> bool:
     return re.search(pattern, answer, re.IGNORECASE | re.MULTILINE) is not None
 
 
-def timing(folder: Path, bundle: str | None) -> None:
+def timing(folder: Path, qa=None) -> None:
     """Clip ready (decode, perception, encode) through the API for a 10 s 1280x720 clip with speech,
     with and without perception; transcription speed on a minute of speech; peak RSS."""
     import resource
@@ -61,7 +61,7 @@ def timing(folder: Path, bundle: str | None) -> None:
             "and then the dog sleeps in the sun.")
     audio = speak(text, "en")[: 10 * RATE]
     path = write_clip(folder / "720p.mp4", audio, seconds=10.0, size=(1280, 720), fps=30, color=(90, 120, 60))
-    qa = VideoQA.from_pretrained(bundle or None, perception=True)
+    qa = qa or VideoQA.from_pretrained(perception=True)
     qa.prepare(path)  # warm: models load, caches, librosa's first call
     ready = {}
     for perception in (True, False):
@@ -124,7 +124,7 @@ def main() -> None:
                 line += f"\n    {'ok' if ok else 'NO'} {name}: {reply[:90]!r}"
             print(line)
         if args.timing:
-            timing(Path(tmp), args.model[0] if args.model else None)
+            timing(Path(tmp), models[0][1] if models else None)
     print("\naccuracy by kind (right / questions)")
     width = max([len(name) for name in scores] + [18])
     print(f"{'scored':{width}s}" + "".join(f"{k:>14s}" for k in KINDS) + f"{'all':>14s}")

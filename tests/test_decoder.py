@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, tiny_llm, write_clip
-from vqa.decoder import Decoder, common_prefix, pick, unsupported_reason
+from vqa.decoder import Decoder, common_prefix, lookup, pick, unsupported_reason
 from vqa.model import VideoLLM
 
 
@@ -178,6 +178,43 @@ def test_stop_token_ends_the_answer(tokenizer):
     logits = dec.prefill(ids, embeds, cache)
     first = int(logits.argmax())
     assert list(dec.stream(logits, cache, [first], 10)) == []
+
+
+def test_looking_ahead_keeps_greedy_tokens(tokenizer, monkeypatch):
+    import vqa.decoder
+
+    model = lora_model(tokenizer)
+    dec = Decoder(model.llm, "fast")
+    calls = []
+    real = dec.forward
+    dec.forward = lambda e, c, **k: calls.append(e.shape[1]) or real(e, c, **k)
+
+    def greedy(stops, n, lookahead):
+        dec.lookahead = lookahead
+        cache = dec.new_cache()
+        calls.clear()
+        out = list(dec.stream(dec.prefill(ids, embeds, cache), cache, stops, n))
+        assert cache.length == len(cache.ids)  # wrong guesses are forgotten: a chat's next turn reuses the rest
+        return out
+
+    ids, embeds, _ = prompt_embeds(model)
+    plain = greedy([], 40, 0)
+    assert len(calls) == 40  # the prompt, then one call a token
+    # guesses that are greedy's own next tokens (each kept: fewer calls), then wrong ones (each dropped)
+    for wrong in (0, 1):
+        oracle = lambda seen, n: [(t + wrong) % len(tokenizer) for t in plain[len(seen) - len(ids):][:n]]  # noqa: E731
+        monkeypatch.setattr(vqa.decoder, "lookup", oracle)
+        assert greedy([], 40, 2) == plain
+        assert len(calls) == (14 if not wrong else 40) and max(calls[1:]) == 3, calls
+        for stop in {plain[4], plain[5], plain[-1]}:  # stop tokens inside and at the end of a kept guess
+            assert greedy([stop], 40, 2) == plain[:plain.index(stop)]
+        assert greedy([], 7, 2) == plain[:7]
+
+
+def test_lookup_finds_what_followed_the_last_tokens():
+    assert lookup([1, 2, 3, 9, 8, 1, 2, 3], 2) == [9, 8]
+    assert lookup([5, 1, 2, 7, 1, 2], 3) == [7, 1, 2]  # the latest earlier occurrence of the last two
+    assert lookup([1, 2, 3, 4], 2) == [] and lookup([1], 2) == []
 
 
 def test_sampling(tokenizer):

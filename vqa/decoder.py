@@ -10,6 +10,10 @@ per-token bookkeeping. This decoder reads fewer bytes and does less around them:
   to measure against it;
 - `mode="exact"` keeps fp32 weights and mirrors transformers' Llama ops one for one, so its
   greedy tokens equal transformers' `generate`;
+- fast greedy decoding guesses ahead by prompt lookup (`lookahead` tokens that followed the last
+  few tokens where they occurred before, in the prompt or the answer) and checks the guesses in the
+  same call as the new token: answers quote the transcript and repeat their own phrases, and a call
+  over three positions costs little more than over one, since reading the weights dominates;
 - keys and values live in a preallocated cache that grows by doubling; a cache can be kept
   and extended (a chat's follow-up computes only its new tokens), cut back, or copied.
 
@@ -37,6 +41,7 @@ FAST_WEIGHTS = "fp16"
 SUPPORTED_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 MIN_CAPACITY = 256
+LOOKAHEAD = 2  # tokens guessed ahead by prompt lookup in fast greedy decoding (0: off)
 
 
 def unsupported_reason(llm: nn.Module) -> str | None:
@@ -270,6 +275,7 @@ class Decoder:
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
         self._cos = self._sin = torch.empty(0, self.head_dim)
         self.dtype = torch.float32
+        self.lookahead = LOOKAHEAD
 
     def _layer(self, block) -> Layer:
         attn, mlp = block.self_attn, block.mlp
@@ -373,6 +379,9 @@ class Decoder:
         """Yield new token ids (B=1) from the prompt's last logits (1, V) until a stop token (not
         yielded) or max_new_tokens; each token is fed back through the cache before the next."""
         stops = set(stop_ids)
+        if temperature <= 0 and self.mode == "fast" and self.lookahead > 0:
+            yield from self._stream_lookahead(logits, cache, stops, max_new_tokens)
+            return
         for step in range(max_new_tokens):
             token = int(pick(logits, temperature, top_p, generator)[0])
             if token in stops:
@@ -382,6 +391,42 @@ class Decoder:
                 return
             logits = self.forward(self.embed(torch.tensor([[token]])), cache)
             cache.ids.append(token)
+
+    def _stream_lookahead(self, logits: torch.Tensor, cache: KVCache, stops: set[int], max_new_tokens: int
+                          ) -> Iterator[int]:
+        """Greedy decoding that guesses ahead (prompt lookup): where the last few tokens occurred before,
+        in the prompt or the answer so far, the tokens that followed them are run through the model with
+        the new token in one call, and as many as the model itself would have picked are kept. The
+        tokens are greedy's; a call costs about one token's weights however many positions it runs."""
+        made = 0
+        try:
+            while True:
+                token = int(logits.argmax(-1)[0])
+                if token in stops:
+                    return
+                yield token
+                made += 1
+                if made == max_new_tokens:
+                    return
+                guess = lookup(cache.ids + [token], min(self.lookahead, max_new_tokens - made))
+                all_logits = self.forward(self.embed(torch.tensor([[token] + guess])), cache, all_logits=True)[0]
+                cache.ids.append(token)
+                picked = all_logits[:-1].argmax(-1).tolist() if guess else []  # greedy's pick after each position
+                kept = 0
+                while kept < len(guess) and picked[kept] == guess[kept]:
+                    kept += 1
+                for t in guess[:kept]:  # each is also the model's own pick: yield it as greedy would
+                    if t in stops:
+                        return
+                    yield t
+                    made += 1
+                    cache.ids.append(t)
+                    if made == max_new_tokens:
+                        return
+                cache.truncate(len(cache.ids))  # forget the guesses that were wrong
+                logits = all_logits[kept:kept + 1]
+        finally:  # however it ends (a stop, the limit, the reader gone), the cache holds what was said
+            cache.truncate(len(cache.ids))
 
     @torch.no_grad()
     def generate_batch(self, embeds: torch.Tensor, pad: torch.Tensor, stop_ids: list[int],
@@ -429,6 +474,17 @@ class Decoder:
         """Bytes of weights one token reads (the layers and the LM head)."""
         parts = [self.head] + [getattr(lay, n) for lay in self.layers for n in ("qkv", "o", "gate_up", "down")]
         return sum(part.nbytes() for part in parts)
+
+
+def lookup(ids: list[int], n: int, longest: int = 3) -> list[int]:
+    """Up to n tokens that followed the latest earlier occurrence of the last `longest` (then fewer,
+    down to 2) tokens of ids; [] when they did not occur before."""
+    for size in range(min(longest, len(ids) - 1), 1, -1):
+        tail = ids[-size:]
+        for at in range(len(ids) - size - 1, -1, -1):
+            if ids[at:at + size] == tail:
+                return ids[at + size:at + size + n]
+    return []
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
