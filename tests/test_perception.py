@@ -120,14 +120,17 @@ def test_speech_after_a_pause_keeps_its_times_and_encodes_once(monkeypatch):
     monkeypatch.setattr(WhisperModel, "encode", lambda self, f: calls.append(f.shape) or plain(self, f))
     speech.load_model.cache_clear()
     try:
-        audio = np.concatenate([np.zeros(3 * RATE, np.float32), speak("Please open the red door.", "en")])
-        transcript = speech.transcribe(audio)
+        said = speak("Please open the red door, then close the window and feed the cat.", "en")
+        transcript = speech.transcribe(np.concatenate([np.zeros(3 * RATE, np.float32), said]))
+        long_calls, calls[:] = calls[:], []
+        speech.transcribe(speak("Hello there.", "en"))
     finally:
         speech.load_model.cache_clear()
     assert "red door" in transcript.text.lower() and transcript.language == "en"
     # the VAD's cut-out pause is put back: the words start after it
     assert 2.5 < transcript.segments[0].start < 4.0 and transcript.speech_spans[0][0] > 2.5
-    assert len(calls) == 1 and calls[0][-1] < 3000  # language and words from one short window
+    assert len(long_calls) == 1 and long_calls[0][-1] < 3000  # language and words from one short window
+    assert [c[-1] for c in calls] == [3000]  # under SHORT_SPEECH seconds: the whole window, once
 
 
 def test_short_window_keeps_the_sound_and_a_margin():
@@ -155,7 +158,7 @@ def test_a_loop_on_a_short_window_is_decoded_again_on_the_whole_window(monkeypat
 
     monkeypatch.setattr(speech, "_decode", decode)
     monkeypatch.setattr(speech, "_vad", lambda audio: [{"start": 0, "end": len(audio)}])
-    transcript = speech.transcribe(melody(1.0), language="en")
+    transcript = speech.transcribe(melody(speech.SHORT_SPEECH + 1), language="en")
     assert seen == [False, True] and transcript.text == "Save 2."
     assert not getattr(speech._full_windows, "on", False)
 

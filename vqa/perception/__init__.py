@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,20 +135,27 @@ def perceive(
             logger.warning(why)
             _noticed.add(why)
     result = Perception(None, None, None, clip.duration or len(clip.audio) / clip.sample_rate, list(off.values()))
-    clock = time.perf_counter()
-    if "speech" in senses and "speech" not in off:
-        result.transcript = _transcribe(clip, progress)
-        result.seconds["speech"] = round(time.perf_counter() - clock, 3)
-    if "sight" in senses and "sight" not in off:
-        clock = time.perf_counter()
-        frames, times = _sight_frames(clip, path)
-        result.concepts = sight.classify(frames, times)
-        result.seconds["sight"] = round(time.perf_counter() - clock, 3)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # speech beside sight: Whisper's decoding leaves cores idle
+        heard = None
+        if "speech" in senses and "speech" not in off:
+            heard = pool.submit(_timed, _transcribe, clip, progress)
+        if "sight" in senses and "sight" not in off:
+            clock = time.perf_counter()
+            frames, times = _sight_frames(clip, path)
+            result.concepts = sight.classify(frames, times)
+            result.seconds["sight"] = round(time.perf_counter() - clock, 3)
+        if heard is not None:
+            result.transcript, result.seconds["speech"] = heard.result()
     if "sound" in senses:
         clock = time.perf_counter()
         result.sound = sound.describe(clip.audio, clip.sample_rate, clip.has_audio, result.transcript)
         result.seconds["sound"] = round(time.perf_counter() - clock, 3)
     return result
+
+
+def _timed(fn, *args):
+    clock = time.perf_counter()
+    return fn(*args), round(time.perf_counter() - clock, 3)
 
 
 def _transcribe(clip: Clip, progress) -> Transcript:

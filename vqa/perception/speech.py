@@ -20,7 +20,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,8 +43,10 @@ WINDOW_SECONDS, WINDOW_MARGIN, MIN_WINDOW = 30, 500, 1000
 # a segment whose text compresses better than this is a loop ("two two two ..."), Whisper's own test
 # (compression_ratio_threshold): a clip of one window is decoded again with the whole 30 s window
 LOOP_RATIO = 2.4
-# below this probability, the language found on a short window is checked on the whole window
-SURE_LANGUAGE = 0.5
+# less speech than SHORT_SPEECH seconds is heard on whole windows (a short window misleads language
+# detection on a word or two); a language found with less than SURE_LANGUAGE on a short window is
+# checked on the whole window
+SHORT_SPEECH, SURE_LANGUAGE = 3.0, 0.5
 _full_windows = threading.local()  # set while a clip is decoded again with whole windows
 # Whisper's non-speech tags: [Music], (upbeat music), *laughs*, ♪
 _TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]+")
@@ -184,19 +186,20 @@ def transcribe(
     # joined, then map the times back onto the clip
     model = load_model()
     voiced = np.concatenate(collect_chunks(audio, chunks)[0])
-    probability = 1.0
-    if language is None:
-        # the features of the first window exactly as decoding cuts them (it drops the last frame),
-        # so the encoder runs once for both
-        features = model.feature_extractor(voiced)[:, :-1]
-        language, probability, _ = model.detect_language(features=features)
-        if probability < SURE_LANGUAGE:  # short windows mislead on a word or two: ask the whole window too
-            with _whole_windows():
-                whole = model.detect_language(features=features)[:2]
-            language, probability = max((language, probability), whole, key=lambda lp: lp[1])
-    total = len(audio) / SAMPLE_RATE
-    pieces = _decode(model, voiced, language, chunks, lambda end: progress and progress(min(end, total), total))
-    if len(voiced) <= WINDOW_SECONDS * SAMPLE_RATE and any(p.compression_ratio > LOOP_RATIO for p in pieces):
+    probability, total = 1.0, len(audio) / SAMPLE_RATE
+    short = len(voiced) >= SHORT_SPEECH * SAMPLE_RATE  # short windows need a few seconds of speech
+    with nullcontext() if short else _whole_windows():
+        if language is None:
+            # the features of the first window exactly as decoding cuts them (it drops the last frame),
+            # so the encoder runs once for both
+            features = model.feature_extractor(voiced)[:, :-1]
+            language, probability, _ = model.detect_language(features=features)
+            if short and probability < SURE_LANGUAGE:  # unsure on the short window: ask the whole window too
+                with _whole_windows():
+                    whole = model.detect_language(features=features)[:2]
+                language, probability = max((language, probability), whole, key=lambda lp: lp[1])
+        pieces = _decode(model, voiced, language, chunks, lambda end: progress and progress(min(end, total), total))
+    if short and len(voiced) <= WINDOW_SECONDS * SAMPLE_RATE and any(p.compression_ratio > LOOP_RATIO for p in pieces):
         logger.info("speech: a looping segment on a short window; decoding again with the whole window")
         with _whole_windows():
             pieces = _decode(model, voiced, language, chunks, lambda end: None)
@@ -215,11 +218,11 @@ def transcribe(
 @contextmanager
 def _whole_windows():
     """Whisper's encoder sees whole 30 s windows in this thread while inside."""
-    _full_windows.on = True
+    before, _full_windows.on = getattr(_full_windows, "on", False), True
     try:
         yield
     finally:
-        _full_windows.on = False
+        _full_windows.on = before
 
 
 def _decode(model, voiced: np.ndarray, language: str, chunks: list[dict], report: Callable[[float], None]) -> list:
