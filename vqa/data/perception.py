@@ -18,7 +18,7 @@ from ..prompt import with_video, without_video
 
 log = logging.getLogger("vqa")
 PREFIX = "perception-"
-FORMAT = 2  # 2: the "Picture:" line
+FORMAT = 3  # 2: the "Picture:" line; 3: speech heard on short windows
 
 
 def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tokenizer, llm: str,
