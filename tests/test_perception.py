@@ -164,6 +164,20 @@ def test_a_loop_on_a_short_window_is_decoded_again_on_the_whole_window(monkeypat
 
 
 @needs_whisper
+def test_progress_is_reported_in_the_callers_context(clips):
+    if "speech" not in clips:
+        pytest.skip(espeak_missing())
+    import contextvars
+
+    page = contextvars.ContextVar("page")  # as a web page's progress bar is found
+    page.set("this request")
+    calls = []
+    result = perceive(clips["speech"], progress=lambda done, total: calls.append((done, total, page.get(None))))
+    assert calls and all(0 < done <= total == pytest.approx(result.duration, abs=0.1) for done, total, _ in calls)
+    assert {seen for _, _, seen in calls} == {"this request"}
+
+
+@needs_whisper
 def test_silent_clip_is_called_silent(clips):
     result = perceive(clips["silent"])
     assert result.sound.labels == ["silence"] and result.sound.loudness == "silent"

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,8 +138,10 @@ class VideoQA:
         return self.model.config
 
     # ---- clips ----
-    def prepare(self, video: str | Path | Clip) -> PreparedClip:
-        """Decode and encode a clip once; later calls with the same file or clip hit the cache."""
+    def prepare(self, video: str | Path | Clip, progress: Callable[[float, float], None] | None = None
+                ) -> PreparedClip:
+        """Decode and encode a clip once; later calls with the same file or clip hit the cache.
+        `progress(done_s, total_s)` is called as its speech is transcribed (long clips)."""
         key = _content_key(video, self.config) + (":perception" if self.perception else "")
         with self._lock:
             hit = self._cache.get(key)
@@ -162,7 +164,8 @@ class VideoQA:
         if self.perception:
             from .perception import perceive
 
-            perception = perceive(video, clip=None if isinstance(video, Clip) else _perception_clip(clip))
+            perception = perceive(video, clip=None if isinstance(video, Clip) else _perception_clip(clip),
+                                  progress=progress)
         clip = dataclasses.replace(clip, audio=np.zeros(0, np.float32))  # the log-mel and perception hold it
         prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
         if self.domain is not None:

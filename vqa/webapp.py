@@ -253,8 +253,9 @@ def _log_failure(what: str, error: Exception, path: str | None = None) -> None:
 
 # ---- handlers ----
 
-def load_clip(video: str | None, model: str, request: gr.Request | None = None):
+def load_clip(video: str | None, model: str, request: gr.Request | None = None, progress=gr.Progress()):
     """New clip: check it, decode and encode it once, show the frames and log-mel, start a new chat.
+    A long clip's transcription shows its progress on the page.
 
     Returns (clip state, frames strip, log-mel image, clip info Markdown, chat history).
     """
@@ -265,7 +266,8 @@ def load_clip(video: str | None, model: str, request: gr.Request | None = None):
         check_clip(video)
         qa = MODELS.get(model)
         start = time.perf_counter()
-        prepared = qa.prepare(video)
+        prepared = qa.prepare(video, progress=lambda done, total: progress(
+            done / total, desc=f"Transcribing the speech: {done:.0f} of {total:.0f} s"))
         clip = prepared.clip
         seconds = time.perf_counter() - start
     except Exception as e:  # the page shows a line; the log keeps one line, or the trace of a bug

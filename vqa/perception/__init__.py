@@ -10,6 +10,7 @@ one-line notice.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -138,7 +139,8 @@ def perceive(
     with ThreadPoolExecutor(max_workers=1) as pool:  # speech beside sight: Whisper's decoding leaves cores idle
         heard = None
         if "speech" in senses and "speech" not in off:
-            heard = pool.submit(_timed, _transcribe, clip, progress)
+            # in the caller's context: a web page's progress bar is found through context variables
+            heard = pool.submit(contextvars.copy_context().run, _timed, _transcribe, clip, progress)
         if "sight" in senses and "sight" not in off:
             clock = time.perf_counter()
             frames, times = _sight_frames(clip, path)
