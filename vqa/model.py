@@ -132,22 +132,24 @@ class VideoLLM(nn.Module):
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
         if self.decoding == "transformers":
             return None
-        reason = unsupported_reason(self.llm)
-        if reason is not None:
-            if reason not in _fallback_logged:
-                _fallback_logged.add(reason)
-                logger.warning("answers come from transformers' generate: the lean decoder does not run this LLM (%s)",
-                               reason)
-            return None
         # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
-        # and PEFT's disable_adapter() or set_adapter() switch LoRA layers without touching a tensor
-        lora = tuple((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", "")))
-                     for m in self.llm.modules() if hasattr(m, "lora_A"))
-        fingerprint = (self.decoding, lora, tuple((id(p), p._version) for p in self.llm.parameters()))
+        # and PEFT's disable_adapter() or set_adapter() switch LoRA layers without touching a tensor;
+        # one pass over the modules, since this runs before every answer
+        lora, params = [], []
+        for m in self.llm.modules():
+            if hasattr(m, "lora_A"):
+                lora.append((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", ""))))
+            params.extend((id(p), p._version) for p in m._parameters.values() if p is not None)
+        fingerprint = (self.decoding, tuple(lora), tuple(params))
         with self._decoder_lock:
             if self._decoder is None or self._decoder[0] != fingerprint:
                 self._decoder = None  # free the old copies before making new ones
-                self._decoder = (fingerprint, Decoder(self.llm, self.decoding))
+                reason = unsupported_reason(self.llm)
+                if reason is not None and reason not in _fallback_logged:
+                    _fallback_logged.add(reason)
+                    logger.warning("answers come from transformers' generate: the lean decoder does not run this "
+                                   "LLM (%s)", reason)
+                self._decoder = (fingerprint, None if reason else Decoder(self.llm, self.decoding))
             return self._decoder[1]
 
     @torch.no_grad()
