@@ -96,3 +96,26 @@ def test_ask_says_when_a_clip_is_unlike_the_training_clips(bundle_dir, tmp_path)
     assert "looks unlike the clips this model was trained on" in out.stderr
     out = run("ask", str(clip), "What is this?", "--adapter", str(bundle_dir), "--max-new-tokens", "4")
     assert "looks unlike" not in out.stderr  # a bundle without a domain says nothing
+
+
+def test_transcription_progress_goes_to_a_terminal_only():
+    import io
+
+    from vqa.api_cli import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen, log = Terminal(), io.StringIO()
+    for stream in (screen, log):
+        with Progress(stream) as progress:
+            progress(12.4, 60.0)
+            progress(29.0, 60.0)
+    assert screen.getvalue() == ("\rvqa: transcribing the speech: 12 of 60 s"
+                                 "\rvqa: transcribing the speech: 29 of 60 s\n")
+    assert log.getvalue() == ""
+    quiet = Terminal()
+    with Progress(quiet):  # a clip without speech: nothing to say, no empty line
+        pass
+    assert quiet.getvalue() == ""

@@ -23,7 +23,8 @@ def ask(args) -> int:
             raise QuestionError(EMPTY_QUESTION)
         qa = _load(args)
         qa.check_request(args.question)  # a question too long is refused before the clip is decoded
-        prepared = qa.prepare(args.clip)
+        with Progress(sys.stderr) as progress:
+            prepared = qa.prepare(args.clip, progress=progress)
         _say_if_unfamiliar(prepared)
         for piece in qa.stream(prepared, args.question, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature):
@@ -37,8 +38,11 @@ def ask(args) -> int:
 
 def chat(args) -> int:
     try:
+        from .api import Chat
+
         qa = _load(args)
-        session = qa.chat(args.clip)
+        with Progress(sys.stderr) as progress:
+            session = Chat(qa, qa.prepare(args.clip, progress=progress))
     except USER_ERRORS as e:
         print(f"vqa: {e}", file=sys.stderr)
         return 2
@@ -74,3 +78,24 @@ def _say_if_unfamiliar(prepared) -> None:
         print(f"vqa: note: this clip looks unlike the clips this model was trained on (distance "
               f"{prepared.domain_distance:.2f}); what it says from the picture and sound may be guesses",
               file=sys.stderr)
+
+
+class Progress:
+    """How far a long clip's transcription has got, on one terminal line that is rewritten (nothing
+    where the stream is not a terminal: scripts and logs get the answer alone)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.shown = False
+
+    def __call__(self, done: float, total: float) -> None:
+        if self.stream.isatty():
+            print(f"\rvqa: transcribing the speech: {done:.0f} of {total:.0f} s", end="", file=self.stream, flush=True)
+            self.shown = True
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.shown:  # end the line the answer must not share
+            print(file=self.stream, flush=True)
