@@ -3,10 +3,10 @@
     python benchmarks/bench_generate.py [--adapter DIR] [--tokens 64] [--repeats 3]
 
 Prints one markdown table. Generation is timed in one run for the lean decoder's fast mode (with
-and without lookahead) and exact mode and for transformers' `generate` of the same PEFT model (decode tokens/s after the first
-token, best of --repeats, the three interleaved so that a busy machine slows them alike), with
-each one's ratio to `generate`; then on whole answers to the page's example questions, fast mode
-with and without lookahead. First token: a new 10 s 720p clip (decode, features, encoder,
+and without lookahead) and exact mode and for transformers' `generate` of the same PEFT model
+(decode tokens/s after the first token, best of --repeats, the four interleaved so that a busy
+machine slows them alike), with each one's ratio to `generate`; then on whole answers to the
+page's example questions, fast mode with and without lookahead. First token: a new 10 s 720p clip (decode, features, encoder,
 prompt) and a chat's follow-up question. Clip-ready: `VideoQA.prepare` on that clip, whole and
 split into decoding, features and encoder. Batches: `ask_many` against one question at a time.
 """

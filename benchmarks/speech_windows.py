@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.real_clips_media import espeak_missing, speak  # noqa: E402
 from vqa.perception import speech  # noqa: E402
+from vqa.spoken.check import normalise  # noqa: E402
 
 ASTERISK = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -59,7 +59,8 @@ def clips(prompts: int, seed: int) -> dict[str, tuple[np.ndarray, str | None]]:
 
 
 def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("10", "ten")).split()
+    """Compared as vqa compares quotes (vqa.spoken.check.normalise), with Whisper's "10" read as "ten"."""
+    return normalise(text.replace("10", "ten")).split()
 
 
 def errors(ref: str, hyp: str) -> tuple[int, int]:
@@ -96,13 +97,15 @@ def main() -> None:
     seconds = sum(len(a) for a, _ in data.values()) / speech.SAMPLE_RATE
     results = {name: run(data, whole) for name, whole in (("whole 30 s windows", True), ("as vqa runs it", False))}
     print(f"{len(data)} clips, {seconds:.0f} s of speech\n")
-    print("| windows | word error | seconds | same text as whole | same language as whole |\n| --- | --- | --- | --- | --- |")
+    print("| windows | word error | seconds | same text as whole | same language as whole |")
+    print("| --- | --- | --- | --- | --- |")
     base = results["whole 30 s windows"][0]
     for name, (out, took) in results.items():
         edits, total = map(sum, zip(*(errors(text, out[k][0]) for k, (_, text) in data.items() if text)))
         same = sum(out[k][0] == base[k][0] for k in data)
         lang = sum(out[k][1] == base[k][1] for k in data)
-        print(f"| {name} | {edits / total:.3f} ({edits}/{total}) | {took:.1f} | {same}/{len(data)} | {lang}/{len(data)} |")
+        n = len(data)
+        print(f"| {name} | {edits / total:.3f} ({edits}/{total}) | {took:.1f} | {same}/{n} | {lang}/{n} |")
     short = results["as vqa runs it"][0]
     for k in data:
         if short[k][1] != base[k][1]:
