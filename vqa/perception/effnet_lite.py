@@ -23,6 +23,13 @@ STEM, HEAD, BN_EPS = 32, 1280, 1e-3
 MEAN, STD = 127.0, 128.0  # on 0..255 RGB
 
 
+def same_padding(height: int, width: int, kernel: int, stride: int) -> list[int]:
+    """F.pad's [left, right, top, bottom] for TensorFlow's 'SAME' (the odd pixel on the bottom and right)."""
+    ph = max((math.ceil(height / stride) - 1) * stride + kernel - height, 0)
+    pw = max((math.ceil(width / stride) - 1) * stride + kernel - width, 0)
+    return [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]
+
+
 class SameConv(nn.Conv2d):
     """A bias-free convolution padded like TensorFlow's 'SAME': output = ceil(input / stride)."""
 
@@ -30,11 +37,7 @@ class SameConv(nn.Conv2d):
         super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        k, s = self.kernel_size[0], self.stride[0]
-        ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
-        pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        x = F.pad(x, same_padding(*x.shape[-2:], self.kernel_size[0], self.stride[0]))
         return super().forward(x)
 
 
