@@ -284,3 +284,17 @@ def test_exact_mode_is_token_for_token_generate(tmp_path):
             if ours != ref:
                 differ.append((c, q, ours, ref))
     assert not differ, differ
+
+
+@pytest.mark.parametrize("mode,weights", [("exact", None), ("fast", "fp16"), ("fast", "int8")])
+def test_a_callers_autocast_does_not_reach_the_decoder(tokenizer, mode, weights):
+    # vqa eval answers under the training precision's bf16 autocast: fbgemm's fp16 GEMM refused bf16
+    # activations there, and exact mode would no longer be exact
+    model = lora_model(tokenizer)
+    _, embeds, _ = prompt_embeds(model)
+    dec = Decoder(model.llm, mode, weights)
+    plain = dec.forward(embeds, dec.new_cache())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = dec.forward(embeds, dec.new_cache())
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain, rtol=0, atol=0)

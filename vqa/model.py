@@ -19,7 +19,7 @@ from .encoder import AVEncoder
 from .prompt import IGNORE_INDEX, EncodedPrompt, encode_conversation, pad_batch
 
 logger = logging.getLogger(__name__)
-# how answers are generated: "fast" (the default: the lean decoder with fp16 weights; the README's
+# how answers are generated: "fast" (the default: the lean decoder with int8 weights; the README's
 # performance section compares its answers with exact mode's), "exact" (the lean decoder in fp32, greedy
 # tokens equal to transformers' generate) or "transformers" (generate itself)
 DECODING_ENV = "VQA_DECODING"
