@@ -206,6 +206,8 @@ def test_looking_ahead_keeps_greedy_tokens(tokenizer, monkeypatch):
         monkeypatch.setattr(vqa.decoder, "lookup", oracle)
         assert greedy([], 40, 2) == plain
         assert len(calls) == (14 if not wrong else 40) and max(calls[1:]) == 3, calls
+        if wrong:  # each miss in a row pauses guessing for 2, 4, 8, 16 steps: 5 guesses in 39 steps, not 39
+            assert calls.count(3) == 5, calls
         for stop in {plain[4], plain[5], plain[-1]}:  # stop tokens inside and at the end of a kept guess
             assert greedy([stop], 40, 2) == plain[:plain.index(stop)]
         assert greedy([], 7, 2) == plain[:7]

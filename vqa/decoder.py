@@ -44,6 +44,7 @@ SUPPORTED_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 MIN_CAPACITY = 256
 LOOKAHEAD = 2  # tokens guessed ahead by prompt lookup in fast greedy decoding (0: off)
+MAX_PAUSE = 16  # the most steps lookahead pauses after guesses that missed
 # From this many rows (a prompt, a batch), int8 weights are widened for one GEMM: the int8 kernel's cost
 # grows with the rows, and bf16 (where native) or fp32 GEMMs run a prompt several times faster
 WIDEN_ROWS = 32
@@ -413,8 +414,10 @@ class Decoder:
         """Greedy decoding that guesses ahead (prompt lookup): where the last few tokens occurred before,
         in the prompt or the answer so far, the tokens that followed them are run through the model with
         the new token in one call, and as many as the model itself would have picked are kept. The
-        tokens are greedy's; a call costs about one token's weights however many positions it runs."""
-        made = 0
+        tokens are greedy's; a call costs about one token's weights however many positions it runs.
+        A guess that misses makes a step dearer for nothing, so after each miss in a row guessing pauses
+        for twice as many steps (2, 4, 8, up to MAX_PAUSE); a kept guess ends the pause rule."""
+        made, misses, pause = 0, 0, 0
         try:
             while True:
                 token = int(logits.argmax(-1)[0])
@@ -424,13 +427,17 @@ class Decoder:
                 made += 1
                 if made == max_new_tokens:
                     return
-                guess = lookup(cache.ids + [token], min(self.lookahead, max_new_tokens - made))
+                guess = [] if pause else lookup(cache.ids + [token], min(self.lookahead, max_new_tokens - made))
+                pause = max(pause - 1, 0)
                 all_logits = self.forward(self.embed(torch.tensor([[token] + guess])), cache, all_logits=True)[0]
                 cache.ids.append(token)
                 picked = all_logits[:-1].argmax(-1).tolist() if guess else []  # greedy's pick after each position
                 kept = 0
                 while kept < len(guess) and picked[kept] == guess[kept]:
                     kept += 1
+                if guess:
+                    misses = 0 if kept else misses + 1
+                    pause = min(2 ** misses, MAX_PAUSE) if misses else 0
                 for t in guess[:kept]:  # each is also the model's own pick: yield it as greedy would
                     if t in stops:
                         return
