@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, tiny_llm, write_clip
-from vqa.decoder import Decoder, Linear, common_prefix, lookup, pick, unsupported_reason
+from vqa.decoder import Decoder, common_prefix, lookup, pick, unsupported_reason
 from vqa.model import VideoLLM
 
 
@@ -301,22 +301,3 @@ def test_a_callers_autocast_does_not_reach_the_decoder(tokenizer, mode, weights)
     assert cast.dtype == torch.float32
     torch.testing.assert_close(cast, plain, rtol=0, atol=0)
 
-
-@pytest.mark.parametrize("native", [True, False])
-def test_int8_weights_widen_for_a_prompts_rows(monkeypatch, native):
-    # a prompt's rows go through one bf16 (fp32 without native bf16) GEMM over the widened weights; a step's
-    # few rows through the int8 kernel; both compute the same product
-    import vqa.decoder
-
-    widened = []
-    monkeypatch.setattr(vqa.decoder, "_bf16_native", lambda: widened.append(native) or native)
-    torch.manual_seed(0)
-    w, x = torch.randn(64, 48), torch.randn(vqa.decoder.WIDEN_ROWS + 8, 48)
-    lin = Linear(w, None, "int8")
-    wide = lin(x)
-    assert widened == [native]
-    steps = torch.cat([lin(x[i:i + 4]) for i in range(0, len(x), 4)])
-    assert widened == [native]  # 4 rows at a time: the int8 kernel
-    exact = x @ w.T
-    assert (wide - exact).abs().max() < 0.03 * exact.abs().max()
-    assert (wide - steps).abs().max() < 0.03 * exact.abs().max()

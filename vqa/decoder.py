@@ -6,8 +6,7 @@ per-token bookkeeping. This decoder reads fewer bytes and does less around them:
 - LoRA is merged into copies of the weights (the trainable model is never touched);
 - `mode="fast"` stores every linear layer's weights, the tied LM head included, as int8 with one
   scale per output channel (`weights="int8"`, gpt-fast's weight-only int8: bf16 activations into
-  the GEMM, fp32 everywhere else), a quarter of the bytes of fp32 (a prompt's many rows widen
-  them for one bf16 or fp32 GEMM instead); `weights="fp16"` (fbgemm's
+  the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; `weights="fp16"` (fbgemm's
   fp16 GEMM, fp32 activations) or `"bf16"` are there to measure against it;
 - `mode="exact"` keeps fp32 weights and mirrors transformers' Llama ops one for one, so its
   greedy tokens equal transformers' `generate`;
@@ -29,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -45,9 +43,6 @@ SUPPORTED_ROPE = ("default", "linear", "llama3")
 MIN_CAPACITY = 256
 LOOKAHEAD = 2  # tokens guessed ahead by prompt lookup in fast greedy decoding (0: off)
 MAX_PAUSE = 16  # the most steps lookahead pauses after guesses that missed
-# From this many rows (a prompt, a batch), int8 weights are widened for one GEMM: the int8 kernel's cost
-# grows with the rows, and bf16 (where native) or fp32 GEMMs run a prompt several times faster
-WIDEN_ROWS = 32
 
 
 def unsupported_reason(llm: nn.Module) -> str | None:
@@ -101,9 +96,6 @@ class Linear:
             y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), self.w)
         elif self.kind == "bf16":
             y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w).float()
-        elif x.numel() >= WIDEN_ROWS * self.in_features:
-            wide = torch.bfloat16 if _bf16_native() else torch.float32
-            y = F.linear(x.reshape(-1, x.shape[-1]).to(wide), self.w.to(wide) * self.scale.to(wide)[:, None]).float()
         else:
             xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
             y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale).float()
@@ -115,13 +107,6 @@ class Linear:
             return 2 * self.out_features * self.in_features
         extra = self.scale.numel() * 2 if self.kind == "int8" else 0
         return self.w.numel() * self.w.element_size() + extra
-
-
-@lru_cache(maxsize=1)
-def _bf16_native() -> bool:
-    from .train.precision import cpu_has_bf16
-
-    return cpu_has_bf16()
 
 
 def _is_lora(module: nn.Module) -> bool:
