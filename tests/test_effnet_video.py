@@ -49,9 +49,9 @@ def test_constant_clip_gives_the_2d_network_on_every_frame(net2d, patch):
     moving = torch.rand(2, 4, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         ref = features_2d(net2d, image, CUTS[patch])  # (2, C, h, w)
-        out = branch.features(image[:, None].expand(2, 4, 3, 64, 64))  # (2, T, 1+N, C)
+        out = branch.per_frame(image[:, None].expand(2, 4, 3, 64, 64))  # (2, T, 1+N, C)
         per_frame = features_2d(net2d, moving.flatten(0, 1), CUTS[patch])  # (8, C, h, w)
-        mixed = branch.features(moving)
+        mixed = branch.per_frame(moving)
         tokens = branch(moving)
     side = 64 // patch
     assert branch.grid == (side, side) and out.shape == (2, 4, 1 + side * side, ref.shape[1])

@@ -350,7 +350,24 @@ def _identity_blocks(blocks: nn.ModuleList) -> nn.ModuleList:
 
 # ---- video ----
 
-class VideoBackbone(BackboneBranch):
+class FrameBranch(BackboneBranch):
+    """A video branch over a pretrained per-frame network: `per_frame` gives (B, T, 1+N, C) tokens; `proj`,
+    `time_embed` and `blocks` do the rest (VideoBackbone, vqa.encoder.effnet_video.EffNetVideo)."""
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) -> (B, T, 1+N, D): per-frame tokens mapped to D, plus the time embedding."""
+        return self.proj(self.per_frame(frames)) + self.time_embed.unsqueeze(2)
+
+    def forward_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        x = self.embed(frames)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    forward = forward_tokens
+
+
+class VideoBackbone(FrameBranch):
     """Frames (B, T, 3, S, S) -> tokens (B, T, 1+N, D): a pretrained vision model on each frame, then
     `video_depth` divided space-time blocks that start as identity."""
 
@@ -402,18 +419,6 @@ class VideoBackbone(BackboneBranch):
         else:
             h = torch.cat([h.mean(dim=1, keepdim=True), h], dim=1)  # (B*T, 1+N, Dh): patches' mean, patches
         return h.view(B, T, *h.shape[1:])  # (B, T, 1+N, Dh)
-
-    def embed(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) -> (B, T, 1+N, D): per-frame tokens mapped to D, plus the time embedding."""
-        return self.proj(self.per_frame(frames)) + self.time_embed.unsqueeze(2)
-
-    def forward_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.embed(frames)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    forward = forward_tokens
 
 
 # ---- audio ----

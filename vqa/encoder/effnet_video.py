@@ -29,7 +29,7 @@ from torch import nn
 from ..config import BUNDLED_EFFNET, EncoderConfig, MediaConfig
 from ..features import IMAGE_MEAN, IMAGE_STD
 from ..perception.effnet_lite import LITE0_STAGES, MEAN, STD, EfficientNetLite, fold_batchnorm, same_padding
-from .backbone import BackboneBranch, BackboneNotFound, _identity_blocks
+from .backbone import BackboneNotFound, FrameBranch, _identity_blocks
 from .inflate import InflatedConv, inflate
 from .video import VideoBlock
 
@@ -99,7 +99,7 @@ class InflatedTrunk(nn.Module):
         return x  # (B, C, T, h, w)
 
 
-class EffNetVideo(BackboneBranch):
+class EffNetVideo(FrameBranch):
     """Frames (B, T, 3, S, S) -> tokens (B, T, 1+N, D): the inflated EfficientNet-Lite0 trunk, then `video_depth`
     divided space-time blocks that start as identity."""
 
@@ -140,19 +140,7 @@ class EffNetVideo(BackboneBranch):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen.all):
             return self.backbone(x)
 
-    def features(self, frames: torch.Tensor) -> torch.Tensor:
+    def per_frame(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, S, S) -> (B, T, 1+N, C): per frame the patches' mean, then the patches (row-major)."""
         h = self.trunk(frames).flatten(3).permute(0, 2, 3, 1)  # (B, T, N, C)
         return torch.cat([h.mean(dim=2, keepdim=True), h], dim=2)  # (B, T, 1+N, C)
-
-    def embed(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) -> (B, T, 1+N, D): trunk tokens mapped to D, plus the time embedding."""
-        return self.proj(self.features(frames)) + self.time_embed.unsqueeze(2)
-
-    def forward_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.embed(frames)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    forward = forward_tokens
