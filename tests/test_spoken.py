@@ -64,7 +64,8 @@ def test_clips_sound_as_their_records_say(spoken):
             assert clip.has_audio and level > -45, (c, level)
         if c["sound"] == "speech":
             assert c["language"] in LANGUAGES
-            assert c["text"] in SENTENCES[c["language"]] or c["voice"].startswith("recording:")
+            assert c["voice"].startswith("recording:") or (
+                all(x in SENTENCES[c["language"]] for x in c["sentences"]) and c["text"] == " ".join(c["sentences"]))
             assert all(c["text"] in s for s in said) and said
         else:
             assert all("Nobody speaks" in s for s in said)
@@ -121,6 +122,42 @@ def test_content_questions_are_answered_from_the_transcript_only_where_it_holds_
     got = [(q, a) for seed in range(20) for _, q, a in questions.questions(music, np.random.default_rng(seed), 20)
            if q in asked]
     assert got and all(a == questions.UNKNOWN for _, a in got)
+
+
+def test_two_sentence_clips_ask_about_the_second_sentence():
+    first, second = "Watch out, the floor is wet.", "The baby finally fell asleep."
+    clip = {"id": "x", "video": "clips/x.mp4", "sound": "speech", "language": "en", "text": f"{first} {second}",
+            "sentences": [first, second], "quote": f"{first} {second}", "objects": None}
+    got = {kind: (q, a) for kind, q, a in questions.questions(clip, np.random.default_rng(0), per_clip=20)}
+    assert got["content"] == ("Who fell asleep?", "The baby, according to the speaker.")
+    assert got["said"][1] == f"The speaker says: \u201c{first} {second}\u201d"
+    # the second sentence misheard: the question is about the first, which the transcript holds
+    misheard = {**clip, "quote": f"{first} The bay be finally fell a sleep."}
+    got = {kind: (q, a) for kind, q, a in questions.questions(misheard, np.random.default_rng(0), per_clip=20)}
+    assert got["content"] == ("What is wet?", "The floor, according to the speaker.")
+
+
+@needs_espeak
+def test_a_second_sentence_follows_a_pause_and_leaves_the_other_draws_alone(tmp_path):
+    from vqa.spoken.generate import make_clip
+
+    for name in ("a", "b"):
+        (tmp_path / name / "clips").mkdir(parents=True)
+    index = next(i for i in range(200) if make_clip(tmp_path / "a", 5, i, [], 0.0)["sound"] == "speech")
+    one = make_clip(tmp_path / "a", 5, index, [], 0.0)
+    two = make_clip(tmp_path / "b", 5, index, [], 1.0)
+    assert one["sentences"] == [one["text"]] and len(two["sentences"]) == 2
+    assert two["sentences"][0] == one["text"] and two["sentences"][1] in SENTENCES[one["language"]]
+    assert two["text"] == " ".join(two["sentences"]) and two["voice"] == one["voice"]
+    assert two["duration"] > one["duration"] and two.get("objects") == one.get("objects")
+    audio = load_clip(tmp_path / "b" / two["video"], num_frames=4, size=32).audio
+    frames = audio[: len(audio) // 400 * 400].reshape(-1, 400)  # 25 ms
+    quiet = np.sqrt((frames.astype(np.float64) ** 2).mean(1)) < 1e-3
+    runs, longest = 0, 0
+    for q in quiet[int(0.6 / 0.025):]:  # after the lead-in
+        runs = runs + 1 if q else 0
+        longest = max(longest, runs)
+    assert longest * 0.025 >= 0.7  # the pause between the sentences
 
 
 def test_seen_line_parsed_and_picture_answers_name_its_concepts():

@@ -35,6 +35,8 @@ ENGLISH_SHARE = 0.45  # of espeak-ng speech; the rest spread over the other lang
 GRADIENT_SHARE = 0.15  # of pictures; the rest are AVSynth scenes without beeps, or real pictures where installed
 PICTURE_SHARE = 0.5  # of pictures, real ones (vqa.spoken.pictures) where installed
 LEAD_S = 0.4  # silence before the speech starts
+PAUSE_S = (0.8, 1.6)  # between two sentences: Whisper writes them as two segments
+TWO_SENTENCES = 0.3  # of espeak-ng speech clips, two sentences: answers have to read past the first segment
 LLM = "bundled:smollm2-135m-instruct"  # whose tokenizer counts the perception budget (the bundles' LLM)
 
 
@@ -42,7 +44,10 @@ def clip_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, 7]))
 
 
-def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]]) -> tuple[dict, np.ndarray]:
+def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]], more: np.random.Generator,
+            two_sentences: float) -> tuple[dict, np.ndarray]:
+    """What is said and its sound. A share `two_sentences` of the espeak-ng clips say a second sentence of the
+    same language after a pause, drawn from `more` so that the other draws stay as they were without it."""
     if recorded and rng.random() < RECORDED_SHARE:
         path, text = recorded[int(rng.integers(len(recorded)))]
         return {"language": "en", "text": text, "voice": f"recording:{Path(path).stem}"}, audio.recording(path)
@@ -51,19 +56,27 @@ def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]]) -> tuple[
     text = SENTENCES[language][int(rng.integers(len(SENTENCES[language])))]
     voice = str(rng.choice(VOICES[language])) + str(rng.choice(VARIANTS))
     speed, pitch = int(rng.integers(120, 185)), int(rng.integers(25, 75))
-    return ({"language": language, "text": text, "voice": voice},
-            audio.speak(text, voice, speed=speed, pitch=pitch) * np.float32(rng.uniform(0.5, 1.0)))
+    speech = audio.speak(text, voice, speed=speed, pitch=pitch)
+    sentences = [text]
+    if more.random() < two_sentences:
+        second = str(more.choice([s for s in SENTENCES[language] if s != text]))
+        pause = np.zeros(int(more.uniform(*PAUSE_S) * audio.RATE), np.float32)
+        speech = np.concatenate([speech, pause, audio.speak(second, voice, speed=speed, pitch=pitch)])
+        sentences.append(second)
+    return ({"language": language, "text": " ".join(sentences), "sentences": sentences, "voice": voice},
+            speech * np.float32(rng.uniform(0.5, 1.0)))
 
 
-def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]]) -> dict:
-    """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text", "voice",
-    "objects" (AVSynth-style, None for a gradient or a picture), "picture" (a real picture's path), "duration"}."""
+def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]], two_sentences: float = 0.0) -> dict:
+    """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text" (all that is
+    said), "sentences" (espeak-ng's, one or two), "voice", "objects" (AVSynth-style, None for a gradient or a
+    picture), "picture" (a real picture's path), "duration"}."""
     rng = clip_rng(seed, index)
     sound = str(rng.choice(list(SOUND_SHARES), p=list(SOUND_SHARES.values())))
     clip = {"id": f"spk-{index:06d}", "video": f"clips/spk-{index:06d}.mp4", "sound": sound,
             "language": None, "text": None, "voice": None}
     if sound == "speech":
-        said, speech = _speech(rng, recorded)
+        said, speech = _speech(rng, recorded, clip_rng(seed, index + 2_000_000), two_sentences)
         clip.update(said)
         seconds = max(3.0, np.ceil((LEAD_S + len(speech) / audio.RATE + 0.4) * 2) / 2)
         track = np.zeros(int(seconds * audio.RATE), np.float32)
@@ -99,7 +112,8 @@ def perception(out: Path, videos: list[str], max_tokens: int, progress: bool) ->
 
 
 def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, per_clip: int = 6,
-             perception_tokens: int = 160, progress: bool = True) -> dict[str, int]:
+             perception_tokens: int = 160, progress: bool = True, two_sentences: float = TWO_SENTENCES
+             ) -> dict[str, int]:
     """Write `num_clips` clips (a share `avsynth` of them AVSynth) and qa.jsonl into `out`; returns record counts
     per type."""
     from tqdm import tqdm
@@ -108,6 +122,8 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
         raise ValueError(f"--clips must be at least 1, got {num_clips}")
     if not 0 <= avsynth < 1:
         raise ValueError(f"--avsynth must be a share in [0, 1), got {avsynth}")
+    if not 0 <= two_sentences <= 1:
+        raise ValueError(f"--two-sentences must be a share in [0, 1], got {two_sentences}")
     if audio.espeak_missing():
         raise FileNotFoundError(audio.espeak_missing())
     out = Path(out)
@@ -115,7 +131,7 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
     n_avsynth = int(round(avsynth * num_clips))
     recorded = audio.recordings()
     qa, avsynth_qa = [], []
-    clips = [make_clip(out, seed, index, recorded) for index in
+    clips = [make_clip(out, seed, index, recorded, two_sentences) for index in
              tqdm(range(num_clips - n_avsynth), desc="spoken clips", unit="clip", disable=not progress)]
     if n_avsynth:
         from vqa.avsynth.generate import generate as avsynth_generate
@@ -152,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-clip", type=int, default=6, help="questions per spoken clip (default 6)")
     ap.add_argument("--perception-tokens", type=int, default=160,
                     help="perception budget of the bundle to train (0: no perception, answers unchecked)")
+    ap.add_argument("--two-sentences", type=float, default=TWO_SENTENCES,
+                    help=f"share of espeak-ng speech clips that say two sentences (default {TWO_SENTENCES}; "
+                         "0 gives the clips of earlier versions of this recipe)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:
-        counts = generate(args.out, args.clips, args.seed, args.avsynth, args.per_clip, args.perception_tokens)
+        counts = generate(args.out, args.clips, args.seed, args.avsynth, args.per_clip, args.perception_tokens,
+                          two_sentences=args.two_sentences)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -71,13 +71,16 @@ def _said(clip: dict) -> str:
 
 
 def _content(clip: dict) -> tuple[str, str] | None:
-    """A question about what an English sentence says and its answer, where the quoted transcript holds the answer."""
-    if clip["sound"] != "speech" or clip["text"] not in ASKED:
+    """A question about what an English sentence says and its answer, where the quoted transcript holds the answer;
+    of two sentences, the last one asked about (the first segment is not all there is to read)."""
+    if clip["sound"] != "speech":
         return None
-    question, span = ASKED[clip["text"]]
-    if normalise(span) not in normalise(clip.get("quote") or clip["text"]):
-        return None
-    return question, f"{span[0].upper()}{span[1:]}, according to the speaker."
+    for sentence in reversed(clip.get("sentences") or [clip["text"]]):
+        if sentence in ASKED:
+            question, span = ASKED[sentence]
+            if normalise(span) in normalise(clip.get("quote") or clip["text"]):
+                return question, f"{span[0].upper()}{span[1:]}, according to the speaker."
+    return None
 
 
 def _sound_answers(clip: dict) -> dict[str, str]:
