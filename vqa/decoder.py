@@ -90,17 +90,23 @@ class Linear:
             self.scale = scale.to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self.raw(x).float()
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The output in the GEMM's own type (bf16 for bf16 and int8 weights): a caller that goes on in
+        fp32 (a sum with the fp32 residual, a product with fp32 rope tables) promotes it exactly, one
+        conversion op fewer."""
         if self.kind == "fp32":
             return F.linear(x, self.w, self.bias)
         if self.kind == "fp16":
             y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), self.w)
         elif self.kind == "bf16":
-            y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w).float()
+            y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w)
         else:
             xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale).float()
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale)
         y = y.view(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y.float() + self.bias
 
     def nbytes(self) -> int:
         if self.kind == "fp16":  # packed by fbgemm: two bytes a weight
@@ -313,6 +319,8 @@ class Decoder:
         return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.mode == "fast":  # one fused op, the same arithmetic
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
         variance = x.pow(2).mean(-1, keepdim=True)
         return weight * (x * torch.rsqrt(variance + self.eps))
 
@@ -343,23 +351,38 @@ class Decoder:
             mask = (keys[None, :] <= steps[:, None])[None, None]  # (1, 1, L, end)
         cos, sin = self._rope(positions)
         x = embeds.to(self.dtype)
+        nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
+        # fast mode's q, k and v come from one GEMM: rope turns q and k in one go, and one position's
+        # attention takes each key/value head's queries as rows (no keys repeated per query head)
+        fused_qkv = self.mode == "fast" and len(self.layers[0].qkv.linears) == 1
+        grouped = self.mode == "fast" and L == 1 and mask is None
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
-            q, k, v = layer.qkv(h)
-            q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
-            k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
-            v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            if fused_qkv:
+                qkv = layer.qkv.linears[0].raw(h).view(B, L, nh + 2 * nkv, hs).transpose(1, 2)
+                qk = qkv[:, :nh + nkv]
+                qk = qk * cos + _rotate_half(qk) * sin  # (B, nh + nkv, L, hs), fp32
+                q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv:]
+            else:
+                q, k, v = layer.qkv(h)
+                q = q.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
+                k = k.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
+                v = v.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
             cache.k[i][:, :, start:end] = k
             cache.v[i][:, :, start:end] = v
             keys_i, values_i = cache.k[i][:, :, :end], cache.v[i][:, :, :end]  # (B, nkv, end, hs)
-            y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
-                                               scale=self.scale, enable_gqa=True)  # (B, nh, L, hs)
-            x = x + layer.o(y.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+            if grouped:  # query head j uses key/value head j // (nh / nkv), as enable_gqa repeats them
+                y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), keys_i, values_i,
+                                                   scale=self.scale).reshape(B, nh, 1, hs)
+            else:
+                y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
+                                                   scale=self.scale, enable_gqa=True)  # (B, nh, L, hs)
+            x = x + layer.o.raw(y.transpose(1, 2).reshape(B, L, nh * hs))
             h = self._norm(x, layer.mlp_norm)
             gate, up = layer.gate_up(h)
-            x = x + layer.down(F.silu(gate) * up)
+            x = x + layer.down.raw(F.silu(gate) * up)
         cache.length = end
         x = x if all_logits else x[:, -1]
         return self.head(self._norm(x, self.norm))
