@@ -72,6 +72,22 @@ def test_fast_weights_stay_close(tokenizer, weights):
     assert (fast - exact).abs().max() < tol * exact.std()
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_fast_steps_compute_what_exact_steps_do(tokenizer, kind):
+    # fast mode's own step (q/k/v from one GEMM, rope on q and k together, one position's attention with
+    # each key/value head's queries as rows), run on fp32 weights: the arithmetic of exact mode, up to rounding
+    model = lora_model(tokenizer, kind)
+    _, embeds, _ = prompt_embeds(model)
+    exact, fast = Decoder(model.llm, "exact"), Decoder(model.llm, "fast", "fp32")
+    caches = exact.new_cache(), fast.new_cache()
+    for dec, cache in zip((exact, fast), caches):
+        dec.forward(embeds[:, :-3], cache)
+    for i in range(3, 0, -1):  # one position a call
+        step = embeds[:, -i:embeds.shape[1] - i + 1]
+        torch.testing.assert_close(fast.forward(step, caches[1]), exact.forward(step, caches[0]),
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_building_the_decoder_leaves_the_model_alone(tokenizer):
     model = lora_model(tokenizer)
     before = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
