@@ -9,7 +9,8 @@ per-token bookkeeping. This decoder reads fewer bytes and does less around them:
   the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; `weights="fp16"` (fbgemm's
   fp16 GEMM, fp32 activations) or `"bf16"` are there to measure against it;
 - `mode="exact"` keeps fp32 weights and mirrors transformers' Llama ops one for one, so its
-  greedy tokens equal transformers' `generate`;
+  greedy tokens equal transformers' `generate`; fast mode runs fewer, fused ops for the same
+  arithmetic (up to fp32 rounding in attention);
 - fast greedy decoding guesses ahead by prompt lookup (`lookahead` tokens that followed the last
   few tokens where they occurred before, in the prompt or the answer) and checks the guesses in the
   same call as the new token: answers quote the transcript and repeat their own phrases, and a call
