@@ -86,6 +86,7 @@ def test_answers_kept_only_where_perception_supports_them():
     assert quote is None and "said" in skip and "language" not in skip
     skip, _ = check.supported(clip, _text("speech", "th", "Le chat dort sur le canapé."))
     assert "language" in skip and "said" in skip and "music" not in skip
+    assert "speaking" in skip  # "someone speaks French" names what the text does not say
     skip, _ = check.supported({"sound": "music"}, _text("other sound"))
     assert set(skip) == set(check.SOUND_KINDS)
     assert check.supported({"sound": "music"}, _text("music")) == ((), None)

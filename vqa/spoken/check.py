@@ -12,6 +12,7 @@ from difflib import SequenceMatcher
 
 SOUND_KINDS = ("said", "content", "language", "speaking", "music", "silent", "hear", "describe")
 QUOTE_KINDS = ("said", "content", "hear", "describe")
+LANGUAGE_KINDS = ("language", "speaking")  # answers that name the language spoken
 MIN_SIMILARITY = 0.6  # of the transcript to the sentence read (characters, after lower-casing)
 EXPECTED = {"speech": "speech", "music": "music", "noise": "other sound", "silence": "silence",
             "no-audio": "no audio track"}
@@ -60,7 +61,7 @@ def supported(clip: dict, text: str) -> tuple[tuple[str, ...], str | None]:
     if clip["sound"] != "speech":
         return (), None
     if got["language"] != clip["language"]:
-        return ("language",) + QUOTE_KINDS, None
+        return LANGUAGE_KINDS + QUOTE_KINDS, None
     if similarity(got["transcript"], clip["text"]) < MIN_SIMILARITY:
         return QUOTE_KINDS, None
     return (), got["transcript"]
