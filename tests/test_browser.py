@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -92,3 +93,19 @@ def test_example_then_upload_ask_and_see_the_streamed_answer(browser, server):
     ARTIFACT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACT), full_page=True)
     assert not problems, "\n".join(problems)
+
+
+def test_an_example_still_loads_after_another_visitor_closed_the_page(browser, server):
+    # every visitor's click on an example gets the same copy in the upload folder: closing one page
+    # must not delete it under the next visitor
+    for visitor in range(2):
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        page.get_by_text("Untrained model.").wait_for()
+        page.locator("tr.tr-body").first.click()
+        info = page.locator("#clip-info")
+        info.get_by_text("museum.mp4").wait_for()
+        assert "sound: yes" in info.inner_text() and "gone" not in info.inner_text(), (visitor, info.inner_text())
+        page.close(run_before_unload=True)
+        time.sleep(1.5)  # the server ends the session

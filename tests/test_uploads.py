@@ -68,3 +68,26 @@ def test_an_ended_session_deletes_its_uploads_unless_another_holds_them(tmp_path
     assert not mine.exists() and shared.exists() and outside.exists()
     assert sessions.end("s2") == [str(shared.resolve())] and not shared.exists()
     assert sessions.end("never-seen") == [] and sessions.end(None) == []
+
+
+def test_an_examples_copy_outlives_every_session_and_is_put_back_after_a_sweep(tmp_path):
+    # gr.Examples copies each example into the folder once and hands every session that copy's path
+    folder, originals = tmp_path / "uploads", tmp_path / "examples"
+    originals.mkdir()
+    original = originals / "clip.mp4"
+    original.write_bytes(os.urandom(30))
+    sessions = SessionFiles(folder)
+    copy = put(folder, "h", 30, age=100)
+    sessions.keep(copy, original)
+    sessions.hold("s1", str(copy))
+    assert sessions.end("s1") == [] and copy.exists()
+    budget = UploadBudget(None, folder, budget=60, max_upload=60, sessions=sessions)
+    old = put(folder, "old", 20, age=50)
+    assert budget.make_room(25) and copy.exists() and not old.exists()  # the budget deletes others first
+    copy.unlink()  # Gradio's age sweep
+    sessions.restore(str(copy))
+    assert copy.read_bytes() == original.read_bytes()
+    mine = put(folder, "mine", 5)
+    sessions.restore(str(mine))  # not a kept copy: left alone
+    sessions.hold("s2", str(mine))
+    assert sessions.end("s2") == [str(mine.resolve())]

@@ -7,7 +7,10 @@ can reach the port can POST files there without calling an endpoint. Three thing
   folder plus the upload must fit the budget; if not, the oldest files no live session holds are
   deleted until they do, and if even that is not enough the upload is refused (503) until room frees.
 - `SessionFiles`: the clips each browser session loaded; when the session ends (its page is
-  closed), its clips are deleted unless another live session holds the same file.
+  closed), its clips are deleted unless another live session holds the same file. The page examples'
+  copies (Gradio copies each example into the folder once, at start-up, and every session's click gets
+  that copy's path) are kept for all sessions, and put back from the example when Gradio's age sweep
+  removed them.
 - Gradio's `delete_cache` sweep, which removes whatever is left after an age.
 
 Only files inside the upload folder are ever deleted (the example clips live elsewhere).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -75,17 +79,33 @@ class SessionFiles:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self._held: dict[str, set[str]] = {}  # session -> files
+        self._kept: dict[str, str] = {}  # a copy every session may load -> its original
         self._lock = threading.Lock()
 
+    def keep(self, copy: str | Path, original: str | Path) -> None:
+        """`copy` (a page example's copy in the folder) belongs to no session: never deleted here."""
+        with self._lock:
+            self._kept[str(Path(copy).resolve())] = str(original)
+
+    def restore(self, path: str) -> None:
+        """Put a kept copy back from its original where something else removed it."""
+        original = self._kept.get(str(Path(path).resolve()))
+        if original is not None and not Path(path).is_file() and Path(original).is_file():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(original, path)
+            log.info("put back the example %s", Path(path).name)
+
     def hold(self, session: str | None, path: str) -> None:
-        if not session or not inside(path, self.folder):
+        resolved = str(Path(path).resolve())
+        if not session or not inside(path, self.folder) or resolved in self._kept:
             return
         with self._lock:
-            self._held.setdefault(session, set()).add(str(Path(path).resolve()))
+            self._held.setdefault(session, set()).add(resolved)
 
     def held(self) -> set[str]:
+        """Files the folder's budget must not delete: live sessions' and the kept copies."""
         with self._lock:
-            return set().union(*self._held.values()) if self._held else set()
+            return set(self._kept).union(*self._held.values())
 
     def end(self, session: str | None) -> list[str]:
         """The session is over: delete the files it held that no other session holds; returns them."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio import processing_utils
 
 from . import bundle
 from .limits import EMPTY_QUESTION, MAX_CONVERSATION_TOKENS, HistoryError, QuestionError
@@ -261,6 +262,7 @@ def load_clip(video: str | None, model: str, request: gr.Request | None = None, 
     """
     if not video:
         return None, None, None, "", []
+    SESSIONS.restore(video)  # an example's copy that Gradio's age sweep removed
     SESSIONS.hold(getattr(request, "session_hash", None), video)  # deleted when this session ends
     try:
         check_clip(video)
@@ -448,6 +450,8 @@ def build_demo(model: str | None = None) -> gr.Blocks:
     DEFAULT["model"] = model
     features.warmup()
     examples = page_examples()
+    for path, _ in examples:  # the copy gr.Examples hands every session: no session's to delete
+        SESSIONS.keep(processing_utils.save_file_to_cache(path, str(SESSIONS.folder)), path)
     choices = MODELS.choices()
     if model not in choices:
         choices.insert(0, model)
