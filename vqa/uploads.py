@@ -13,7 +13,7 @@ can reach the port can POST files there without calling an endpoint. Three thing
   removed them.
 - Gradio's `delete_cache` sweep, which removes whatever is left after an age.
 
-Only files inside the upload folder are ever deleted (the example clips live elsewhere).
+Only files inside the upload folder are ever deleted (the example clips themselves live elsewhere).
 """
 from __future__ import annotations
 
@@ -96,11 +96,12 @@ class SessionFiles:
             log.info("put back the example %s", Path(path).name)
 
     def hold(self, session: str | None, path: str) -> None:
-        resolved = str(Path(path).resolve())
-        if not session or not inside(path, self.folder) or resolved in self._kept:
+        if not session or not inside(path, self.folder):
             return
+        resolved = str(Path(path).resolve())
         with self._lock:
-            self._held.setdefault(session, set()).add(resolved)
+            if resolved not in self._kept:
+                self._held.setdefault(session, set()).add(resolved)
 
     def held(self) -> set[str]:
         """Files the folder's budget must not delete: live sessions' and the kept copies."""

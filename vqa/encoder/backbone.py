@@ -296,7 +296,16 @@ class Frozen:
 
 
 class BackboneBranch(nn.Module):
-    """What both wrappers share: the frozen part kept out of state dicts and checked on load."""
+    """What both wrappers share: the frozen part kept out of state dicts and checked on load, and the
+    forward pass, the subclass's `embed` then `blocks`."""
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    forward = forward_tokens
 
     def _setup_frozen(self, mode: str, source: str) -> None:
         self.frozen = Frozen(self.backbone, mode)
@@ -357,14 +366,6 @@ class FrameBranch(BackboneBranch):
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, S, S) -> (B, T, 1+N, D): per-frame tokens mapped to D, plus the time embedding."""
         return self.proj(self.per_frame(frames)) + self.time_embed.unsqueeze(2)
-
-    def forward_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.embed(frames)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    forward = forward_tokens
 
 
 class VideoBackbone(FrameBranch):
@@ -519,14 +520,6 @@ class AudioBackbone(BackboneBranch):
             mean = h.mean(dim=1, keepdim=True)
             tokens = torch.cat([mean, mean, h], dim=1)  # (B, 2+Ft, Dh)
         return self.proj(tokens)
-
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    forward = forward_tokens
 
 
 def whisper_encode(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
