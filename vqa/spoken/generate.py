@@ -67,7 +67,8 @@ def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]], more: np.
             speech * np.float32(rng.uniform(0.5, 1.0)))
 
 
-def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]], two_sentences: float = 0.0) -> dict:
+def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]], two_sentences: float = TWO_SENTENCES
+              ) -> dict:
     """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text" (all that is
     said), "sentences" (espeak-ng's, one or two), "voice", "objects" (AVSynth-style, None for a gradient or a
     picture), "picture" (a real picture's path), "duration"}."""
