@@ -1,6 +1,6 @@
 """Real-clip benchmark: what perception tells the LLM about real clips and espeak-ng speech, by kind.
 
-    python benchmarks/real_clips.py [--media ../shared/media] [--model [BUNDLE]] [--timing]
+    python benchmarks/real_clips.py [--media ../shared/media] [--model [BUNDLE]] [--decoding exact] [--timing]
 
 Each line of real_clips.jsonl is a question about a clip in ../shared/media (by file name) or one
 made here (espeak-ng speech, silence, a melody; see real_clips_media.py), with two regular
@@ -10,7 +10,7 @@ in the clip answers), and `reply`, which a right reply of a bundle matches. The 
 were checked against MANIFEST.tsv's descriptions and the subtitle track, and against the text
 espeak-ng reads. "perception" scores the text block the LLM is given (does it hold the answer?);
 each `--model BUNDLE` (repeatable; alone, the default bundle) is asked with perception on, and
-without it. `--timing` prints the time a 10 s 720p clip with speech takes to be ready through the API (the
+without it, in the lean decoder's fast mode unless `--decoding exact`. `--timing` prints the time a 10 s 720p clip with speech takes to be ready through the API (the
 first --model's, else the default bundle's) with and without perception, the transcription real-time
 factor on a minute of speech, and the peak RSS.
 """
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--model", nargs="?", const="", action="append", default=[], metavar="BUNDLE",
                     help="also score a bundle's replies, with and without perception (alone: the default bundle); "
                          "repeat to compare bundles")
+    ap.add_argument("--decoding", choices=("fast", "exact"), default="fast", help="the lean decoder's mode")
     ap.add_argument("--timing", action="store_true")
     args = ap.parse_args()
     items = [json.loads(line) for line in (ROOT / "benchmarks" / "real_clips.jsonl").read_text().splitlines() if line.strip()]
@@ -103,6 +104,7 @@ def main() -> None:
         from vqa import VideoQA
 
         qa = VideoQA.from_pretrained(bundle or None, perception=True)
+        qa.model.decoding = args.decoding
         name = Path(bundle).name if bundle else "default"
         models += [(f"{name}+perception", qa), (name, VideoQA(qa.model, source=qa.source, perception=False))]
     scores: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))

@@ -72,6 +72,24 @@ def test_fast_weights_stay_close(tokenizer, weights):
     assert (fast - exact).abs().max() < tol * exact.std()
 
 
+def test_int8_layers_widen_their_weights_for_many_rows(monkeypatch):
+    import torch.nn.functional as F
+
+    import vqa.decoder as decoder
+
+    monkeypatch.setattr(decoder, "WIDEN", True)  # the branch runs (slowly) where the CPU lacks bf16 instructions
+    torch.manual_seed(0)
+    layer = decoder.Linear(torch.randn(48, 64), None, "int8")
+    x = torch.randn(decoder.WIDEN_ROWS + 3, 64)
+    widened = F.linear(x.to(torch.bfloat16), layer.w.to(torch.bfloat16)) * layer.scale
+    torch.testing.assert_close(layer.raw(x), widened, rtol=0, atol=0)  # a prompt: one bf16 GEMM
+    few = x[:decoder.WIDEN_ROWS - 1]
+    kernel = torch.ops.aten._weight_int8pack_mm(few.to(torch.bfloat16), layer.w, layer.scale)
+    torch.testing.assert_close(layer.raw(few), kernel, rtol=0, atol=0)  # decode steps: the int8 kernel
+    # the two compute the same products: they differ by the bf16 rounding of the output
+    torch.testing.assert_close(layer.raw(x)[:len(few)].float(), kernel.float(), rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_fast_steps_compute_what_exact_steps_do(tokenizer, kind):
     # fast mode's own step (q/k/v from one GEMM, rope on q and k together, one position's attention with

@@ -6,7 +6,8 @@ per-token bookkeeping. This decoder reads fewer bytes and does less around them:
 - LoRA is merged into copies of the weights (the trainable model is never touched);
 - `mode="fast"` stores every linear layer's weights, the tied LM head included, as int8 with one
   scale per output channel (`weights="int8"`, gpt-fast's weight-only int8: bf16 activations into
-  the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; `weights="fp16"` (fbgemm's
+  the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; a prompt's many rows instead go
+  through one bf16 GEMM over weights widened for the call (`WIDEN_ROWS`); `weights="fp16"` (fbgemm's
   fp16 GEMM, fp32 activations) or `"bf16"` are there to measure against it;
 - `mode="exact"` keeps fp32 weights and mirrors transformers' Llama ops one for one, so its
   greedy tokens equal transformers' `generate`; fast mode runs fewer, fused ops for the same
@@ -44,6 +45,11 @@ SUPPORTED_ROPE = ("default", "linear", "llama3")
 MIN_CAPACITY = 256
 LOOKAHEAD = 2  # tokens guessed ahead by prompt lookup in fast greedy decoding (0: off)
 MAX_PAUSE = 16  # the most steps lookahead pauses after guesses that missed
+# From this many rows (a prompt, a follow-up question), an int8 layer widens its weights to bf16 for one
+# oneDNN GEMM, which outruns the int8 kernel on CPUs with bf16 instructions; fewer rows (decode steps)
+# keep the int8 kernel, which reads a quarter of the bytes.
+WIDEN_ROWS = 32
+WIDEN = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def unsupported_reason(llm: nn.Module) -> str | None:
@@ -105,7 +111,10 @@ class Linear:
             y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w)
         else:
             xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale)
+            if WIDEN and xb.shape[0] >= WIDEN_ROWS:  # int8 values are exact in bf16
+                y = F.linear(xb, self.w.to(torch.bfloat16)) * self.scale
+            else:
+                y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale)
         y = y.view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y.float() + self.bias
 

@@ -37,8 +37,10 @@ class SameConv(nn.Conv2d):
         super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, same_padding(*x.shape[-2:], self.kernel_size[0], self.stride[0]))
-        return super().forward(x)
+        left, right, top, bottom = same_padding(*x.shape[-2:], self.kernel_size[0], self.stride[0])
+        if left == right and top == bottom:  # the convolution pads itself, without a padded copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        return super().forward(F.pad(x, [left, right, top, bottom]))
 
 
 class MBConv(nn.Module):
@@ -58,8 +60,8 @@ class MBConv(nn.Module):
         self.skip = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
         h = self._bn2(self._project_conv(h))
         return x + h if self.skip else h
 
@@ -80,10 +82,10 @@ class EfficientNetLite(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised -> (B, 1280, H/32, W/32)."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(self._bn1(self._conv_head(x)), inplace=True)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self._fc(features.mean(dim=(2, 3)))  # (B, classes)
