@@ -466,10 +466,9 @@ def test_a_closed_page_deletes_the_clips_its_session_loaded(tiny_app, tmp_path, 
 def test_the_page_shows_what_perception_found_and_an_unfamiliar_clip():
     from types import SimpleNamespace as NS
 
-    import vqa.webapp as webapp
-
     import numpy as np
 
+    import vqa.webapp as webapp
     from vqa.perception import Perception
     from vqa.perception.sound import Sound
     from vqa.perception.speech import Segment, Transcript
@@ -479,9 +478,9 @@ def test_the_page_shows_what_perception_found_and_an_unfamiliar_clip():
                   music=False, tonal=0.2, music_cue="")
     perception = Perception(words, None, sound, 3.0, ["sight is off: its weights package is not installed"])
     clip = NS(has_audio=True, duration=3.0, width=64, height=64, fps=24.0, frames=np.zeros((4, 8, 8, 3)))
-    text = webapp.clip_info("a.mp4", clip, 0.5, NS(perception=perception, in_domain=False, domain_distance=3.2))
+    why = "its picture is unlike theirs to the image network (distance 0.58; training clips lie within 0.21 of one another)"
+    text = webapp.clip_info("a.mp4", clip, 0.5, NS(perception=perception, in_domain=False, unfamiliar=why))
     assert "0.5-2.0 s: Hello there." in text and "speech (en)" in text and f"sound: {', '.join(sound.labels)}" in text
     assert "sight is off" in text
-    assert "looks unlike the clips this model was trained on" in text
-    assert "unlike" not in webapp.clip_info("a.mp4", clip, 0.5, NS(perception=None, in_domain=True,
-                                                                     domain_distance=0.5))
+    assert f"looks unlike the clips this model was trained on** ({why})" in text
+    assert "unlike" not in webapp.clip_info("a.mp4", clip, 0.5, NS(perception=None, in_domain=True, unfamiliar=None))

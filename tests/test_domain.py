@@ -1,11 +1,12 @@
-"""vqa.domain: the out-of-domain signal a bundle carries, fitted on its training clips' tokens."""
+"""vqa.domain: the out-of-domain signals a bundle carries, fitted on its training clips' tokens and pictures."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vqa.api import VideoQA
 from vqa.bundle import BundleError
-from vqa.domain import DOMAIN_NAME, Domain
+from vqa.domain import DOMAIN_NAME, Domain, Pictures
 
 
 def test_clips_like_the_training_ones_are_in_and_others_out(tmp_path):
@@ -28,3 +29,52 @@ def test_a_bundle_without_a_domain_has_none_and_a_broken_one_is_named(tmp_path):
         Domain.load(tmp_path)
     with pytest.raises(ValueError, match="at least 2 clips"):
         Domain.fit(torch.zeros(1, 3, 4))
+
+
+def test_pictures_like_the_training_ones_are_in_and_others_out(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 64, generator=g)  # four kinds of picture
+    near = lambda n: (centres[torch.arange(n) % 4] + 0.15 * torch.randn(n, 64, generator=g)) * 3  # noqa: E731
+    pictures = Pictures.fit(near(200))
+    assert 0 < pictures.threshold < 0.5
+    assert sum(pictures.distance(e) <= pictures.threshold for e in near(40)) >= 38  # unseen, of the same kinds
+    assert pictures.distance(torch.randn(64, generator=g)) > pictures.threshold  # a fifth kind
+    with pytest.raises(ValueError, match="32 values"):
+        pictures.distance(torch.zeros(32))
+
+    tokens = torch.randn(200, 6, 16, generator=g)
+    domain = Domain.fit(tokens)
+    domain.pictures = pictures
+    domain.save(tmp_path)
+    again = Domain.load(tmp_path)
+    assert again.pictures.threshold == pictures.threshold
+    torch.testing.assert_close(again.pictures.points, pictures.points, rtol=0, atol=2e-3)  # stored in fp16
+    distance, picture, why = again.judge(tokens[0], near(1)[0])
+    assert distance <= again.threshold and picture <= pictures.threshold and why is None
+    _, picture, why = again.judge(tokens[0], torch.randn(64, generator=g))
+    assert picture > pictures.threshold and "picture is unlike" in why and "tokens" not in why
+    _, _, why = again.judge(tokens[0] * 6 + 3, torch.randn(64, generator=g))
+    assert "picture is unlike" in why and "clip tokens lie" in why
+
+    # a domain from before picture embeddings (or without sight) judges by the tokens alone
+    Domain(domain.mean, domain.std, domain.threshold).save(tmp_path)
+    old = Domain.load(tmp_path)
+    assert old.pictures is None
+    assert old.judge(tokens[0], torch.randn(64, generator=g))[1:] == (None, None)
+
+
+def test_the_default_bundle_tells_camera_footage_from_its_training_clips():
+    from tests.conftest import shared_media
+    from vqa.avsynth.examples import example_clips
+    from vqa.perception import sight
+
+    if sight.missing():
+        pytest.skip(sight.missing())
+    footage = shared_media("nasa_13013.mp4")
+    qa = VideoQA.from_pretrained(perception=True)
+    assert qa.domain is not None and qa.domain.pictures is not None
+    unlike = qa.prepare(footage)
+    assert unlike.in_domain is False and "picture is unlike" in unlike.unfamiliar
+    avsynth = qa.prepare(example_clips(n=1)[0][0])  # a clip of the kind the bundle learned on
+    assert avsynth.in_domain and avsynth.unfamiliar is None
+    assert avsynth.picture_distance < qa.domain.pictures.threshold < unlike.picture_distance

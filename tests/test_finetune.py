@@ -115,6 +115,12 @@ def test_finetune_on_own_clips_writes_a_bundle_that_answers(dataset, base_bundle
     assert isinstance(reply, str) and reply.strip()
     # the bundle describes its training clips' tokens: one of them lies within their range
     assert (out / "domain.safetensors").is_file() and qa.prepare(dataset / "clips" / "clip01.mp4").in_domain
+    from vqa.domain import Domain
+    from vqa.perception import sight
+
+    pictures = Domain.load(out).pictures  # and, where sight is installed, its clips' pictures
+    assert (pictures is None) == (sight.missing() is not None)
+    assert pictures is None or (pictures.points.shape[0] >= 2 and pictures.points.shape[1] == 1280)
     # a second run into a finished bundle is refused, not overwritten
     assert main(["finetune", str(dataset), "--out", str(out), "--base", str(base_bundle)]) == 2
     assert "already holds a bundle" in capsys.readouterr().err

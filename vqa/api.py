@@ -62,10 +62,12 @@ class PreparedClip:
     mel: torch.Tensor  # (n_mels, F)
     tokens: torch.Tensor  # (K, H) in the LLM's embedding space
     perception: "Perception | None" = None  # what pretrained models found (vqa.perception), when enabled
-    # how far its tokens lie from the bundle's training clips (vqa.domain), and whether within their range;
-    # None where the bundle has no domain
+    # how far its tokens and its picture lie from the bundle's training clips (vqa.domain), whether within
+    # their range, and why not, in words; None where the bundle has no domain (or no picture domain)
     domain_distance: float | None = None
+    picture_distance: float | None = None
     in_domain: bool | None = None
+    unfamiliar: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -169,8 +171,10 @@ class VideoQA:
         clip = dataclasses.replace(clip, audio=np.zeros(0, np.float32))  # the log-mel and perception hold it
         prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
         if self.domain is not None:
-            prepared.domain_distance = self.domain.distance(tokens)
-            prepared.in_domain = prepared.domain_distance <= self.domain.threshold
+            seen = None if perception is None or perception.concepts is None else perception.concepts.embedding
+            prepared.domain_distance, prepared.picture_distance, prepared.unfamiliar = self.domain.judge(
+                tokens, None if seen is None else torch.from_numpy(seen))
+            prepared.in_domain = prepared.unfamiliar is None
         with self._lock:
             self._cache[key] = prepared
             total = sum(p.nbytes for p in self._cache.values())

@@ -1,19 +1,31 @@
-"""Is a clip like the ones a bundle was trained on? A simple out-of-domain signal over the clip tokens.
+"""Is a clip like the ones a bundle was trained on? Two simple out-of-domain signals.
 
-Training ends by describing its clips' tokens as the LLM gets them: per token position and dimension,
-the training clips' mean and standard deviation, and the distance (root mean squared z-score over every
-position and dimension) below which `QUANTILE` of them fall, times a margin. A new clip farther than
-that `threshold` is out of domain: its tokens are unlike anything the projector and LoRA learned to read, so
-answers drawn from them are guesses. The API and the web page say so.
+Training ends by describing its clips twice:
 
-Notation: N clips, K clip tokens, H width.
+- their tokens as the LLM gets them: per token position and dimension, the training clips' mean and
+  standard deviation, and the distance (root mean squared z-score over every position and dimension)
+  below which `QUANTILE` of them fall, times a margin. A clip farther than that `threshold` has tokens
+  unlike anything the projector and LoRA learned to read.
+- their pictures as the pretrained image network sees them (`Concepts.embedding`, where sight is
+  installed): the training clips' embeddings, and the cosine distance to the nearest of them within
+  which `QUANTILE` of the training clips have another (times the margin). A small encoder trained on
+  synthetic clips can map camera footage close to a plain training picture, so its tokens alone miss
+  what the image network, trained on photographs, tells apart (docs/spoken.md has the figures).
+
+A clip outside either is out of domain: answers about it are guesses. The API and the web page say so.
+
+Notation: N clips, K clip tokens, H width, D picture embedding size.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 DOMAIN_NAME = "domain.safetensors"
 QUANTILE = 0.99
@@ -21,10 +33,37 @@ MARGIN = 1.15  # the threshold is this times the training clips' QUANTILE distan
 
 
 @dataclass
+class Pictures:
+    """The training clips' picture embeddings and how near a familiar picture lies to one of them."""
+
+    points: torch.Tensor  # (N, D) unit length
+    threshold: float  # cosine distance to the nearest training picture
+
+    @classmethod
+    def fit(cls, embeddings: torch.Tensor) -> "Pictures":
+        """From the training clips' embeddings (N, D)."""
+        if embeddings.shape[0] < 2:
+            raise ValueError(f"describing a domain needs at least 2 clips, got {embeddings.shape[0]}")
+        points = F.normalize(embeddings.float(), dim=-1)
+        apart = 1 - points @ points.T  # (N, N)
+        apart.fill_diagonal_(float("inf"))
+        nearest = apart.min(dim=1).values  # each training clip's nearest other one
+        return cls(points, MARGIN * float(torch.quantile(nearest, QUANTILE)))
+
+    def distance(self, embedding: torch.Tensor) -> float:
+        """A picture's cosine distance to the nearest training picture, for its embedding (D,)."""
+        if embedding.numel() != self.points.shape[1]:
+            raise ValueError(f"the picture embedding has {embedding.numel()} values, the domain {self.points.shape[1]}")
+        point = F.normalize(embedding.float().reshape(1, -1), dim=-1)
+        return float((1 - point @ self.points.T).min())
+
+
+@dataclass
 class Domain:
     mean: torch.Tensor  # (K*H,)
     std: torch.Tensor  # (K*H,)
     threshold: float
+    pictures: Pictures | None = None  # None where sight was not installed when the bundle was made
 
     @classmethod
     def fit(cls, tokens: torch.Tensor) -> "Domain":
@@ -46,11 +85,29 @@ class Domain:
     def contains(self, tokens: torch.Tensor) -> bool:
         return self.distance(tokens) <= self.threshold
 
+    def judge(self, tokens: torch.Tensor, embedding: torch.Tensor | None = None
+              ) -> tuple[float, float | None, str | None]:
+        """(token distance, picture distance or None, why the clip is unlike the training clips or None)
+        for a clip's tokens (K, H) and, where sight ran, its picture embedding (D,)."""
+        distance = self.distance(tokens)
+        picture = None if self.pictures is None or embedding is None else self.pictures.distance(embedding)
+        why = []
+        if picture is not None and picture > self.pictures.threshold:
+            why.append(f"its picture is unlike theirs to the image network (distance {picture:.2f}; "
+                       f"training clips lie within {self.pictures.threshold:.2f} of one another)")
+        if distance > self.threshold:
+            why.append(f"its clip tokens lie {distance:.2f} from theirs (training clips: within {self.threshold:.2f})")
+        return distance, picture, "; ".join(why) or None
+
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 
         tensors = {"mean": self.mean.contiguous(), "std": self.std.contiguous()}
-        save_file(tensors, str(Path(folder) / DOMAIN_NAME), metadata={"threshold": repr(self.threshold)})
+        metadata = {"threshold": repr(self.threshold)}
+        if self.pictures is not None:  # half precision: a cosine distance needs no more
+            tensors["pictures"] = self.pictures.points.half().contiguous()
+            metadata["picture_threshold"] = repr(self.pictures.threshold)
+        save_file(tensors, str(Path(folder) / DOMAIN_NAME), metadata=metadata)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Domain | None":
@@ -64,8 +121,12 @@ class Domain:
             return None
         try:
             with safe_open(str(path), framework="pt") as f:
-                threshold = float(f.metadata()["threshold"])
-                return cls(f.get_tensor("mean"), f.get_tensor("std"), threshold)
+                meta = f.metadata()
+                pictures = None
+                if "pictures" in f.keys():
+                    points = F.normalize(f.get_tensor("pictures").float(), dim=-1)
+                    pictures = Pictures(points, float(meta["picture_threshold"]))
+                return cls(f.get_tensor("mean"), f.get_tensor("std"), float(meta["threshold"]), pictures)
         except (SafetensorError, KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{path}: not a valid domain description: {e}") from e
 
@@ -76,10 +137,11 @@ def _distance(flat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def fit_domain(model, cache, clips: int = 512, batch_size: int = 32) -> Domain:
-    """The domain of the first `clips` clips of a feature cache, through the model's encoder and projector."""
-    from .evaluate import clip_tokens
+def fit_domain(model, cache, clips: int = 512, batch_size: int = 32, folder: str | Path | None = None) -> Domain:
+    """The domain of the first `clips` clips of a feature cache, through the model's encoder and projector,
+    and, where sight is installed and `folder` holds the clip files, through the image network."""
     from .data import FeatureCache
+    from .evaluate import clip_tokens
 
     n = min(clips, len(cache))
     subset = FeatureCache(cache.videos[:n], cache.frames[:n], cache.mel[:n])
@@ -87,7 +149,21 @@ def fit_domain(model, cache, clips: int = 512, batch_size: int = 32) -> Domain:
     model.eval()
     tokens = clip_tokens(model, subset, batch_size=batch_size)
     model.train(was_training)
-    return Domain.fit(tokens)
+    domain = Domain.fit(tokens)
+    if folder is not None:
+        domain.pictures = fit_pictures([Path(folder) / v for v in subset.videos])
+    return domain
+
+
+def fit_pictures(paths: list[Path]) -> Pictures | None:
+    """The picture domain of these clip files; None where sight is not installed."""
+    from .perception import picture_embedding, sight
+
+    why = sight.missing()
+    if why is not None:
+        logger.warning("%s; the bundle's out-of-domain signal reads the clip tokens alone", why)
+        return None
+    return Pictures.fit(torch.stack([torch.from_numpy(picture_embedding(p)) for p in paths]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     qa = VideoQA.from_pretrained(args.adapter)
     videos = sorted({r["video"] for r in read_qa(args.data)})[: args.clips]
-    domain = fit_domain(qa.model, load_features(args.data, qa.model.config, videos=videos))
+    domain = fit_domain(qa.model, load_features(args.data, qa.model.config, videos=videos), folder=args.data)
     domain.save(args.adapter)
-    print(f"wrote {Path(args.adapter) / DOMAIN_NAME}: {len(videos)} clips, threshold {domain.threshold:.3f}")
+    pictures = "" if domain.pictures is None else f", picture threshold {domain.pictures.threshold:.3f}"
+    print(f"wrote {Path(args.adapter) / DOMAIN_NAME}: {len(videos)} clips, threshold {domain.threshold:.3f}{pictures}")
     return 0
 
 

@@ -151,6 +151,12 @@ def perceive(
     return result
 
 
+def picture_embedding(path: str | Path) -> np.ndarray:
+    """What the image network sees in a clip file, as `perceive` computes it (`Concepts.embedding`)."""
+    clip = load_clip(Path(path), num_frames=SIGHT_FRAMES, size=sight.SIZE, audio=False)
+    return sight.classify(clip.frames, clip.timestamps).embedding
+
+
 def _timed(fn, *args):
     """fn(*args) and the seconds it took."""
     clock = time.perf_counter()

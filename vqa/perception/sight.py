@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class Concepts:
     concepts: list[Concept]  # most probable first, those with prob >= min_prob
     frame_top: list[tuple[float, str, float]]  # (seconds, top class, its probability) per frame
     detail: float = 0.0  # share of pixels with fine detail (vqa.perception.sight.detail)
+    # what the network sees, (1280,): its pooled features averaged over the frames (vqa.domain compares
+    # them with a bundle's training clips')
+    embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def photographic(self) -> bool:
@@ -127,7 +130,9 @@ def classify(frames: np.ndarray, timestamps: np.ndarray, top: int = 5, min_prob:
         raise ValueError(f"frames must be (T, S, S, 3) RGB, got shape {frames.shape}")
     names = class_names()
     x = normalise(torch.from_numpy(np.ascontiguousarray(frames))).contiguous(memory_format=torch.channels_last)
-    probs = load_model()(x).softmax(-1)  # (T, K)
+    model = load_model()
+    features = model.forward_features(x)  # (T, 1280, S/32, S/32)
+    probs = model.forward_head(features).softmax(-1)  # (T, K)
     best_p, best = probs.max(-1)  # (T,)
     mean = probs.mean(0)  # (K,)
     concepts = []
@@ -137,7 +142,8 @@ def classify(frames: np.ndarray, timestamps: np.ndarray, top: int = 5, min_prob:
         times = [round(float(t), 2) for t, b in zip(timestamps, best) if b == k]
         concepts.append(Concept(names[k], round(float(p), 3), times))
     frame_top = [(round(float(t), 2), names[k], round(float(p), 3)) for t, k, p in zip(timestamps, best, best_p)]
-    return Concepts(concepts, frame_top, detail(frames))
+    embedding = features.mean(dim=(0, 2, 3)).numpy()  # (1280,)
+    return Concepts(concepts, frame_top, detail(frames), embedding)
 
 
 def detail(frames: np.ndarray) -> float:

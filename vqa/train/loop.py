@@ -115,7 +115,8 @@ def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=No
         seconds = time.perf_counter() - run.started
         summary = {"train_seconds": round(seconds, 1), "processes": accelerator.num_processes,
                    "precision": precisions, "config_path": config_path, "command": command}
-        domain = fit_domain(model, train_cache)  # what "a clip like the training clips" means (vqa.domain)
+        # what "a clip like the training clips" means (vqa.domain)
+        domain = fit_domain(model, train_cache, folder=config.data.train)
         for folder in [out / "final"] + ([Path(config.export)] if config.export else []):
             bundle.save_bundle(model, folder)
             domain.save(folder)
