@@ -72,7 +72,7 @@ def test_fast_weights_stay_close(tokenizer, weights):
     assert (fast - exact).abs().max() < tol * exact.std()
 
 
-def test_int8_layers_widen_their_weights_for_many_rows(monkeypatch):
+def test_int8_layers_widen_their_weights_for_a_prompt(monkeypatch):
     import torch.nn.functional as F
 
     import vqa.decoder as decoder
@@ -80,14 +80,21 @@ def test_int8_layers_widen_their_weights_for_many_rows(monkeypatch):
     monkeypatch.setattr(decoder, "WIDEN", True)  # the branch runs (slowly) where the CPU lacks bf16 instructions
     torch.manual_seed(0)
     layer = decoder.Linear(torch.randn(48, 64), None, "int8")
-    x = torch.randn(decoder.WIDEN_ROWS + 3, 64)
-    widened = F.linear(x.to(torch.bfloat16), layer.w.to(torch.bfloat16)) * layer.scale
-    torch.testing.assert_close(layer.raw(x), widened, rtol=0, atol=0)  # a prompt: one bf16 GEMM
-    few = x[:decoder.WIDEN_ROWS - 1]
-    kernel = torch.ops.aten._weight_int8pack_mm(few.to(torch.bfloat16), layer.w, layer.scale)
-    torch.testing.assert_close(layer.raw(few), kernel, rtol=0, atol=0)  # decode steps: the int8 kernel
+    x = torch.randn(2 * decoder.WIDE_ROWS + 5, 64)
+    wide = layer.w.to(torch.bfloat16)
+    rows = F.pad(x.to(torch.bfloat16), (0, 0, 0, -len(x) % decoder.WIDE_ROWS)).split(decoder.WIDE_ROWS)
+    widened = torch.cat([F.linear(r, wide) for r in rows])[:len(x)] * layer.scale
+    prompt = layer.raw(x, prompt=True)
+    torch.testing.assert_close(prompt, widened, rtol=0, atol=0)  # bf16 GEMMs of WIDE_ROWS rows
+    # a row's result does not depend on how the prompt is split between calls
+    for split in (1, 7, decoder.WIDE_ROWS, len(x) - 1):
+        parts = torch.cat([layer.raw(x[:split], prompt=True), layer.raw(x[split:], prompt=True)])
+        assert torch.equal(parts, prompt), split
+    kernel = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), layer.w, layer.scale)
+    assert torch.equal(layer.raw(x), kernel)  # decode steps: the int8 kernel
     # the two compute the same products: they differ by the bf16 rounding of the output
-    torch.testing.assert_close(layer.raw(x)[:len(few)].float(), kernel.float(), rtol=1e-2, atol=1e-2)
+    assert not torch.equal(prompt, kernel)
+    torch.testing.assert_close(prompt.float(), kernel.float(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])

@@ -33,12 +33,19 @@ def test_a_bundle_without_a_domain_has_none_and_a_broken_one_is_named(tmp_path):
 
 def test_pictures_like_the_training_ones_are_in_and_others_out(tmp_path):
     g = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 64, generator=g)  # four kinds of picture
-    near = lambda n: (centres[torch.arange(n) % 4] + 0.15 * torch.randn(n, 64, generator=g)) * 3  # noqa: E731
-    pictures = Pictures.fit(near(200))
-    assert 0 < pictures.threshold < 0.5
-    assert sum(pictures.distance(e) <= pictures.threshold for e in near(40)) >= 38  # unseen, of the same kinds
-    assert pictures.distance(torch.randn(64, generator=g)) > pictures.threshold  # a fifth kind
+    photo = torch.randn(64, generator=g)
+    pans = lambda n: photo + 0.05 * torch.randn(n, 64, generator=g)  # noqa: E731  one photograph, panned
+    drawings = lambda n: torch.randn(n, 64, generator=g)  # noqa: E731  a different drawing each
+    pictures = Pictures.fit(torch.cat([pans(120), drawings(80)]))
+    assert pictures.points.shape == (200, 64) and pictures.radius.shape == (200,)
+    assert sum(pictures.distance(e) <= pictures.threshold for e in pans(20)) >= 19
+    assert sum(pictures.distance(e) <= pictures.threshold for e in drawings(20)) >= 19  # new drawings too
+    # footage like the photograph, but farther from it than its pans: nearer to it than drawings lie from
+    # one another, so only a distance relative to the photograph's own neighbourhood tells
+    footage = photo + 0.6 * photo.norm() / 8 * torch.randn(64, generator=g)
+    apart = 1 - torch.nn.functional.normalize(footage, dim=0) @ pictures.points.T
+    assert float(apart.min()) < float(pictures.radius[120:].median())
+    assert pictures.distance(footage) > pictures.threshold
     with pytest.raises(ValueError, match="32 values"):
         pictures.distance(torch.zeros(32))
 
@@ -47,20 +54,20 @@ def test_pictures_like_the_training_ones_are_in_and_others_out(tmp_path):
     domain.pictures = pictures
     domain.save(tmp_path)
     again = Domain.load(tmp_path)
-    assert again.pictures.threshold == pictures.threshold
+    assert again.pictures.threshold == pictures.threshold and torch.equal(again.pictures.radius, pictures.radius)
     torch.testing.assert_close(again.pictures.points, pictures.points, rtol=0, atol=2e-3)  # stored in fp16
-    distance, picture, why = again.judge(tokens[0], near(1)[0])
+    distance, picture, why = again.judge(tokens[0], pans(1)[0])
     assert distance <= again.threshold and picture <= pictures.threshold and why is None
-    _, picture, why = again.judge(tokens[0], torch.randn(64, generator=g))
+    _, picture, why = again.judge(tokens[0], footage)
     assert picture > pictures.threshold and "picture is unlike" in why and "tokens" not in why
-    _, _, why = again.judge(tokens[0] * 6 + 3, torch.randn(64, generator=g))
+    _, _, why = again.judge(tokens[0] * 6 + 3, footage)
     assert "picture is unlike" in why and "clip tokens lie" in why
 
     # a domain from before picture embeddings (or without sight) judges by the tokens alone
     Domain(domain.mean, domain.std, domain.threshold).save(tmp_path)
     old = Domain.load(tmp_path)
     assert old.pictures is None
-    assert old.judge(tokens[0], torch.randn(64, generator=g))[1:] == (None, None)
+    assert old.judge(tokens[0], footage)[1:] == (None, None)
 
 
 def test_the_default_bundle_tells_camera_footage_from_its_training_clips():

@@ -6,8 +6,8 @@ per-token bookkeeping. This decoder reads fewer bytes and does less around them:
 - LoRA is merged into copies of the weights (the trainable model is never touched);
 - `mode="fast"` stores every linear layer's weights, the tied LM head included, as int8 with one
   scale per output channel (`weights="int8"`, gpt-fast's weight-only int8: bf16 activations into
-  the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; a prompt's many rows instead go
-  through one bf16 GEMM over weights widened for the call (`WIDEN_ROWS`); `weights="fp16"` (fbgemm's
+  the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; a prompt's rows instead go
+  through bf16 GEMMs over weights widened for the call (`WIDE_ROWS`); `weights="fp16"` (fbgemm's
   fp16 GEMM, fp32 activations) or `"bf16"` are there to measure against it;
 - `mode="exact"` keeps fp32 weights and mirrors transformers' Llama ops one for one, so its
   greedy tokens equal transformers' `generate`; fast mode runs fewer, fused ops for the same
@@ -45,10 +45,12 @@ SUPPORTED_ROPE = ("default", "linear", "llama3")
 MIN_CAPACITY = 256
 LOOKAHEAD = 2  # tokens guessed ahead by prompt lookup in fast greedy decoding (0: off)
 MAX_PAUSE = 16  # the most steps lookahead pauses after guesses that missed
-# From this many rows (a prompt, a follow-up question), an int8 layer widens its weights to bf16 for one
-# oneDNN GEMM, which outruns the int8 kernel on CPUs with bf16 instructions; fewer rows (decode steps)
-# keep the int8 kernel, which reads a quarter of the bytes.
-WIDEN_ROWS = 32
+# A prompt's rows (prefill) go through int8 layers as bf16 GEMMs over weights widened for the call, which
+# outrun the int8 kernel from a few rows on CPUs with bf16 instructions, in calls of exactly WIDE_ROWS rows
+# (the last one padded): oneDNN picks its kernel by the rows, and a fixed size gives a row the same result
+# however a prompt is split between cached and new positions. Decode steps keep the int8 kernel, which
+# reads a quarter of the bytes.
+WIDE_ROWS = 32
 WIDEN = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -96,13 +98,13 @@ class Linear:
             self.w = (w / scale[:, None]).round_().clamp_(-128, 127).to(torch.int8)  # one fp32 temporary
             self.scale = scale.to(torch.bfloat16)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        return self.raw(x).float()
+    def __call__(self, x: torch.Tensor, prompt: bool = False) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self.raw(x, prompt).float()
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
+    def raw(self, x: torch.Tensor, prompt: bool = False) -> torch.Tensor:
         """The output in the GEMM's own type (bf16 for bf16 and int8 weights): a caller that goes on in
         fp32 (a sum with the fp32 residual, a product with fp32 rope tables) promotes it exactly, one
-        conversion op fewer."""
+        conversion op fewer. `prompt`: the rows are a prompt's (int8 weights widen, see WIDE_ROWS)."""
         if self.kind == "fp32":
             return F.linear(x, self.w, self.bias)
         if self.kind == "fp16":
@@ -111,8 +113,8 @@ class Linear:
             y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w)
         else:
             xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            if WIDEN and xb.shape[0] >= WIDEN_ROWS:  # int8 values are exact in bf16
-                y = F.linear(xb, self.w.to(torch.bfloat16)) * self.scale
+            if prompt and WIDEN:
+                y = _widened_mm(xb, self.w) * self.scale
             else:
                 y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale)
         y = y.view(*x.shape[:-1], self.out_features)
@@ -123,6 +125,15 @@ class Linear:
             return 2 * self.out_features * self.in_features
         extra = self.scale.numel() * 2 if self.kind == "int8" else 0
         return self.w.numel() * self.w.element_size() + extra
+
+
+def _widened_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for bf16 rows x (M, in) and int8 weights w (out, in), widened to bf16 (exactly) for this
+    call, in GEMMs of WIDE_ROWS rows."""
+    n = x.shape[0]
+    x = F.pad(x, (0, 0, 0, -n % WIDE_ROWS))
+    wide = w.to(torch.bfloat16)
+    return torch.cat([F.linear(rows, wide) for rows in x.split(WIDE_ROWS)])[:n]
 
 
 def _is_lora(module: nn.Module) -> bool:
@@ -166,10 +177,10 @@ class Fused:
         else:
             self.linears = [Linear(w, b, kind) for w, b in parts]
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:  # (..., in) -> [(..., out_i)]
+    def __call__(self, x: torch.Tensor, prompt: bool = False) -> list[torch.Tensor]:  # (..., in) -> [(..., out_i)]
         if len(self.linears) == 1 and len(self.sizes) > 1:
-            return list(self.linears[0](x).split(self.sizes, dim=-1))
-        return [lin(x) for lin in self.linears]
+            return list(self.linears[0](x, prompt).split(self.sizes, dim=-1))
+        return [lin(x, prompt) for lin in self.linears]
 
     def nbytes(self) -> int:
         return sum(lin.nbytes() for lin in self.linears)
@@ -336,9 +347,11 @@ class Decoder:
 
     @torch.no_grad()
     @torch.autocast("cpu", enabled=False)  # not a caller's (vqa eval's bf16): the GEMMs pick their own types
-    def forward(self, embeds: torch.Tensor, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, cache: KVCache, all_logits: bool = False, prompt: bool = False
+                ) -> torch.Tensor:
         """Run L new positions (B, L, H) after the cache's; returns the last position's logits (B, V)
-        (every position's, (B, L, V), with all_logits) and extends the cache."""
+        (every position's, (B, L, V), with all_logits) and extends the cache. `prompt`: the positions are
+        a prompt's, not decode steps (see WIDE_ROWS)."""
         B, L, _ = embeds.shape
         start = cache.length
         cache.reserve(start + L)
@@ -369,12 +382,12 @@ class Decoder:
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
             if fused_qkv:
-                qkv = layer.qkv.linears[0].raw(h).view(B, L, nh + 2 * nkv, hs).transpose(1, 2)
+                qkv = layer.qkv.linears[0].raw(h, prompt).view(B, L, nh + 2 * nkv, hs).transpose(1, 2)
                 qk = qkv[:, :nh + nkv]
                 qk = qk * cos + _rotate_half(qk) * sin  # (B, nh + nkv, L, hs), fp32
                 q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv:]
             else:
-                q, k, v = layer.qkv(h)
+                q, k, v = layer.qkv(h, prompt)
                 q = q.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
                 k = k.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
                 v = v.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
@@ -389,10 +402,10 @@ class Decoder:
             else:
                 y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
                                                    scale=self.scale, enable_gqa=True)  # (B, nh, L, hs)
-            x = x + layer.o.raw(y.transpose(1, 2).reshape(B, L, nh * hs))
+            x = x + layer.o.raw(y.transpose(1, 2).reshape(B, L, nh * hs), prompt)
             h = self._norm(x, layer.mlp_norm)
-            gate, up = layer.gate_up(h)
-            x = x + layer.down.raw(F.silu(gate) * up)
+            gate, up = layer.gate_up(h, prompt)
+            x = x + layer.down.raw(F.silu(gate) * up, prompt)
         cache.length = end
         x = x if all_logits else x[:, -1]
         return self.head(self._norm(x, self.norm))
@@ -404,7 +417,7 @@ class Decoder:
         n = common_prefix(cache.ids, ids)
         n = min(n, len(ids) - 1)  # at least one new position, for its logits
         cache.truncate(n)
-        logits = self.forward(embeds[:, n:], cache)
+        logits = self.forward(embeds[:, n:], cache, prompt=True)
         cache.ids.extend(ids[n:])
         return logits
 
@@ -476,7 +489,7 @@ class Decoder:
         B, L, _ = embeds.shape
         cache = self.new_cache(B, L + max_new_tokens)
         cache.pad = pad
-        return self._greedy(self.forward(embeds, cache), cache, stop_ids, max_new_tokens)
+        return self._greedy(self.forward(embeds, cache, prompt=True), cache, stop_ids, max_new_tokens)
 
     @torch.no_grad()
     def generate_shared(self, prefix: torch.Tensor, suffixes: torch.Tensor, pad: torch.Tensor,
@@ -486,10 +499,10 @@ class Decoder:
         B, S, _ = suffixes.shape
         P = prefix.shape[1]
         one = self.new_cache(1, P + S + max_new_tokens)
-        self.forward(prefix, one)
+        self.forward(prefix, one, prompt=True)
         cache = KVCache([t.expand(B, -1, -1, -1).contiguous() for t in one.k],
                         [t.expand(B, -1, -1, -1).contiguous() for t in one.v], P, pad=pad, pad_at=P)
-        return self._greedy(self.forward(suffixes, cache), cache, stop_ids, max_new_tokens)
+        return self._greedy(self.forward(suffixes, cache, prompt=True), cache, stop_ids, max_new_tokens)
 
     def _greedy(self, logits: torch.Tensor, cache: KVCache, stop_ids: list[int], max_new_tokens: int
                 ) -> list[list[int]]:

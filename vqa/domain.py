@@ -7,10 +7,11 @@ Training ends by describing its clips twice:
   below which `QUANTILE` of them fall, times a margin. A clip farther than that `threshold` has tokens
   unlike anything the projector and LoRA learned to read.
 - their pictures as the pretrained image network sees them (`Concepts.embedding`, where sight is
-  installed): the training clips' embeddings, and the cosine distance to the nearest of them within
-  which `QUANTILE` of the training clips have another (times the margin). A small encoder trained on
-  synthetic clips can map camera footage close to a plain training picture, so its tokens alone miss
-  what the image network, trained on photographs, tells apart (docs/spoken.md has the figures).
+  installed): the training clips' embeddings, and how far a picture may lie from the nearest of them,
+  relative to how far that one lies from its own nearest (`Pictures.distance`), as `QUANTILE` of the
+  training clips do from the rest (times the margin). A small encoder trained on synthetic clips can
+  map camera footage close to a plain training picture, so its tokens alone miss what the image
+  network, trained on photographs, tells apart (the README has the figures).
 
 A clip outside either is out of domain: answers about it are guesses. The API and the web page say so.
 
@@ -34,10 +35,12 @@ MARGIN = 1.15  # the threshold is this times the training clips' QUANTILE distan
 
 @dataclass
 class Pictures:
-    """The training clips' picture embeddings and how near a familiar picture lies to one of them."""
+    """The training clips' picture embeddings, each with the radius of its neighbourhood, and how far
+    (relative to that radius) a familiar picture lies from the nearest of them."""
 
     points: torch.Tensor  # (N, D) unit length
-    threshold: float  # cosine distance to the nearest training picture
+    radius: torch.Tensor  # (N,) cosine distance to the nearest other training picture, at least the median
+    threshold: float  # relative distance: to the nearest training picture, over that picture's radius
 
     @classmethod
     def fit(cls, embeddings: torch.Tensor) -> "Pictures":
@@ -47,15 +50,22 @@ class Pictures:
         points = F.normalize(embeddings.float(), dim=-1)
         apart = 1 - points @ points.T  # (N, N)
         apart.fill_diagonal_(float("inf"))
-        nearest = apart.min(dim=1).values  # each training clip's nearest other one
-        return cls(points, MARGIN * float(torch.quantile(nearest, QUANTILE)))
+        nearest, which = apart.min(dim=1)  # each training clip's nearest other one
+        # the median floor: a photograph shown in many clips would otherwise count only its own pans as familiar
+        radius = nearest.clamp(min=float(nearest.median()))
+        relative = nearest / radius[which]  # each training clip, left out, against the rest
+        return cls(points, radius, MARGIN * float(torch.quantile(relative, QUANTILE)))
 
     def distance(self, embedding: torch.Tensor) -> float:
-        """A picture's cosine distance to the nearest training picture, for its embedding (D,)."""
+        """A picture's relative distance from the training pictures, for its embedding (D,): its cosine
+        distance to the nearest one over that one's radius. Training pictures come as dense groups (one
+        photograph panned in many clips) and as sparse ones (a different drawing in each clip), and a
+        new drawing lies as far from its nearest drawing as camera footage from its nearest photograph."""
         if embedding.numel() != self.points.shape[1]:
             raise ValueError(f"the picture embedding has {embedding.numel()} values, the domain {self.points.shape[1]}")
         point = F.normalize(embedding.float().reshape(1, -1), dim=-1)
-        return float((1 - point @ self.points.T).min())
+        apart, which = (1 - point @ self.points.T)[0].min(dim=0)
+        return float(apart / self.radius[which])
 
 
 @dataclass
@@ -93,8 +103,8 @@ class Domain:
         picture = None if self.pictures is None or embedding is None else self.pictures.distance(embedding)
         why = []
         if picture is not None and picture > self.pictures.threshold:
-            why.append(f"its picture is unlike theirs to the image network (distance {picture:.2f}; "
-                       f"training clips lie within {self.pictures.threshold:.2f} of one another)")
+            why.append(f"its picture is unlike theirs to the image network (relative distance {picture:.1f}; "
+                       f"training clips: within {self.pictures.threshold:.1f})")
         if distance > self.threshold:
             why.append(f"its clip tokens lie {distance:.2f} from theirs (training clips: within {self.threshold:.2f})")
         return distance, picture, "; ".join(why) or None
@@ -106,6 +116,7 @@ class Domain:
         metadata = {"threshold": repr(self.threshold)}
         if self.pictures is not None:  # half precision: a cosine distance needs no more
             tensors["pictures"] = self.pictures.points.half().contiguous()
+            tensors["picture_radius"] = self.pictures.radius.contiguous()
             metadata["picture_threshold"] = repr(self.pictures.threshold)
         save_file(tensors, str(Path(folder) / DOMAIN_NAME), metadata=metadata)
 
@@ -125,7 +136,7 @@ class Domain:
                 pictures = None
                 if "pictures" in f.keys():
                     points = F.normalize(f.get_tensor("pictures").float(), dim=-1)
-                    pictures = Pictures(points, float(meta["picture_threshold"]))
+                    pictures = Pictures(points, f.get_tensor("picture_radius"), float(meta["picture_threshold"]))
                 return cls(f.get_tensor("mean"), f.get_tensor("std"), float(meta["threshold"]), pictures)
         except (SafetensorError, KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{path}: not a valid domain description: {e}") from e
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     python -m vqa.domain --adapter adapters/avsynth --data data/avsynth-train --clips 256"""
     import argparse
 
+    from . import bundle
     from .api import VideoQA
     from .data import load_features, read_qa
 
@@ -179,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="dataset folder of the bundle's training clips")
     parser.add_argument("--clips", type=int, default=512)
     args = parser.parse_args(argv)
-    qa = VideoQA.from_pretrained(args.adapter)
+    qa = VideoQA.untrained(bundle.read_config(args.adapter))  # the bundle's model; its old domain is not read
+    bundle.load_weights(qa.model, args.adapter)
     videos = sorted({r["video"] for r in read_qa(args.data)})[: args.clips]
     domain = fit_domain(qa.model, load_features(args.data, qa.model.config, videos=videos), folder=args.data)
     domain.save(args.adapter)
