@@ -1,6 +1,7 @@
 """Real-clip benchmark: what perception tells the LLM about real clips and espeak-ng speech, by kind.
 
     python benchmarks/real_clips.py [--media ../shared/media] [--model [BUNDLE]] [--decoding exact] [--timing]
+                                    [--reuse]
 
 Each line of real_clips.jsonl is a question about a clip in ../shared/media (by file name) or one
 made here (espeak-ng speech, silence, a melody; see real_clips_media.py), with two regular
@@ -12,7 +13,10 @@ espeak-ng reads. "perception" scores the text block the LLM is given (does it ho
 each `--model BUNDLE` (repeatable; alone, the default bundle) is asked with perception on, and
 without it, in the lean decoder's fast mode unless `--decoding exact`. `--timing` prints the time a 10 s 720p clip with speech takes to be ready through the API (the
 first --model's, else the default bundle's) with and without perception, the transcription real-time
-factor on a minute of speech, and the peak RSS.
+factor on a minute of speech, and the peak RSS. `--reuse` checks, for the first --model (else the default
+bundle), that a reply computed from a cached prompt prefix is the one computed whole: each question asked
+twice, asked after another question about its clip, and asked as a chat's follow-up against the same chat
+computed whole.
 """
 from __future__ import annotations
 
@@ -89,6 +93,36 @@ def timing(folder: Path, qa=None) -> None:
     print(f"peak RSS with everything loaded: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
+def reuse(items: list[dict], media: Path, folder: Path, qa) -> None:
+    """Replies from cached prefixes against the same prompts computed whole (see the module's docstring)."""
+    from vqa.api import PrefixPool
+
+    pool = qa.prefixes.max_bytes
+    same = pairs = 0
+    for item in items:
+        path = make_clip(item, media, folder)
+        if path is None:
+            continue
+        q = item["question"]
+        qa.prefixes = PrefixPool(pool)
+        whole = qa.ask(path, q, max_new_tokens=48)
+        again = qa.ask(path, q, max_new_tokens=48)  # all but its last token cached
+        qa.prefixes = PrefixPool(pool)
+        qa.ask(path, "Describe this clip.", max_new_tokens=8)
+        after = qa.ask(path, q, max_new_tokens=48)  # the clip's prefix cached, the question new
+        chat = qa.chat(path)
+        chat.ask("What can you hear?", max_new_tokens=24)
+        follow = chat.ask(q, max_new_tokens=48)  # only its own tokens computed
+        qa.prefixes = PrefixPool(0)
+        fresh = qa.ask(path, q, history=chat.history[:2], max_new_tokens=48)
+        for a, b in ((whole, again), (whole, after), (follow, fresh)):
+            same, pairs = same + (a == b), pairs + 1
+            if a != b:
+                print(f"reuse {item['id']}: {a[:60]!r} against {b[:60]!r}")
+    qa.prefixes = PrefixPool(pool)
+    print(f"replies from a cached prefix equal to the same prompt computed whole: {same} of {pairs} pairs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
@@ -97,6 +131,7 @@ def main() -> None:
                          "repeat to compare bundles")
     ap.add_argument("--decoding", choices=("fast", "exact"), default="fast", help="the lean decoder's mode")
     ap.add_argument("--timing", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="cached prefixes against prompts computed whole")
     args = ap.parse_args()
     items = [json.loads(line) for line in (ROOT / "benchmarks" / "real_clips.jsonl").read_text().splitlines() if line.strip()]
     models = []  # (row name, VideoQA)
@@ -127,6 +162,10 @@ def main() -> None:
             print(line)
         if args.timing:
             timing(Path(tmp), models[0][1] if models else None)
+        if args.reuse:
+            from vqa import VideoQA
+
+            reuse(items, args.media, Path(tmp), models[0][1] if models else VideoQA.from_pretrained(perception=True))
     print("\naccuracy by kind (right / questions)")
     width = max([len(name) for name in scores] + [18])
     print(f"{'scored':{width}s}" + "".join(f"{k:>14s}" for k in KINDS) + f"{'all':>14s}")

@@ -482,5 +482,5 @@ def test_the_page_shows_what_perception_found_and_an_unfamiliar_clip():
     text = webapp.clip_info("a.mp4", clip, 0.5, NS(perception=perception, in_domain=False, unfamiliar=why))
     assert "0.5-2.0 s: Hello there." in text and "speech (en)" in text and f"sound: {', '.join(sound.labels)}" in text
     assert "sight is off" in text
-    assert f"looks unlike the clips this model was trained on** ({why})" in text
+    assert f"looks unlike the clips this model was trained on**: {why}." in text
     assert "unlike" not in webapp.clip_info("a.mp4", clip, 0.5, NS(perception=None, in_domain=True, unfamiliar=None))

@@ -93,7 +93,7 @@ def test_ask_says_when_a_clip_is_unlike_the_training_clips(bundle_dir, tmp_path)
     clip = write_clip(tmp_path / "clip.mp4")
     out = run("ask", str(clip), "What is this?", "--adapter", str(folder), "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
-    assert "looks unlike the clips this model was trained on (its clip tokens lie" in out.stderr
+    assert "looks unlike the clips this model was trained on: its clip tokens lie" in out.stderr
     out = run("ask", str(clip), "What is this?", "--adapter", str(bundle_dir), "--max-new-tokens", "4")
     assert "looks unlike" not in out.stderr  # a bundle without a domain says nothing
 

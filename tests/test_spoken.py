@@ -191,6 +191,26 @@ def test_picture_frames_pan_over_a_real_picture(tmp_path):
     assert not np.array_equal(frames[0], frames[-1])  # it moves
 
 
+def test_missing_picture_sources_are_named(tmp_path, monkeypatch):
+    import vqa.spoken.pictures as pictures
+
+    folder = tmp_path / "png" / "animals"
+    folder.mkdir(parents=True)
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (8, 8)).save(folder / "cat.png")
+    monkeypatch.setattr(pictures, "CLIPART", tmp_path / "png")
+    monkeypatch.setattr(pictures, "PACKAGE_PHOTOS", {"no_such_package_here": ("a.png",), "numpy": ("__init__.py",)})
+    pictures.pictures.cache_clear()
+    try:
+        assert pictures.missing_sources() == ["1 of the 2 photographs (pip install --no-deps scikit-image for seven)"]
+        monkeypatch.setattr(pictures, "CLIPART", tmp_path / "absent")
+        pictures.pictures.cache_clear()
+        notices = pictures.missing_sources()
+        assert len(notices) == 2 and "openclipart-png" in notices[0]
+    finally:
+        pictures.pictures.cache_clear()
+
+
 def test_finetune_perception_tokens_sets_the_model_config(tmp_path):
     from vqa.finetune import finetune_configs
 

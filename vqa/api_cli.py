@@ -75,7 +75,7 @@ def chat(args) -> int:
 
 def _say_if_unfamiliar(prepared) -> None:
     if prepared.in_domain is False:  # vqa.domain: unlike every clip the bundle was trained on
-        print(f"vqa: note: this clip looks unlike the clips this model was trained on ({prepared.unfamiliar}); "
+        print(f"vqa: note: this clip looks unlike the clips this model was trained on: {prepared.unfamiliar}; "
               "what it says from the picture and sound may be guesses",
               file=sys.stderr)
 

@@ -172,8 +172,8 @@ def clip_info(name: str, clip, seconds: float, prepared=None) -> str:
         f"Ready in {seconds:.1f} s: decoded and encoded once, follow-up questions reuse it."
     )
     if prepared is not None and prepared.in_domain is False:
-        text += (f"\n\n**{NOTICE}this clip looks unlike the clips this model was trained on** ({prepared.unfamiliar}): "
-                 "what it says from the picture and sound may be guesses.")
+        text += (f"\n\n**{NOTICE}this clip looks unlike the clips this model was trained on**: {prepared.unfamiliar}. "
+                 "What it says from the picture and sound may be guesses.")
     if prepared is not None and prepared.perception is not None:
         text += "\n\n" + perception_markdown(prepared.perception)
     return text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ import numpy as np
 from . import audio
 from .check import seen, supported
 from .frames import gradient_frames, scene_frames, write_clip
-from .pictures import draw_picture, picture_frames
+from .pictures import draw_picture, missing_sources, picture_frames
 from .questions import records
 from .sentences import LANGUAGES, SENTENCES, VARIANTS, VOICES
+
+logger = logging.getLogger(__name__)
 
 QA_FILE = "qa.jsonl"
 CLIPS_FILE = "clips.jsonl"
@@ -127,6 +130,8 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
         raise ValueError(f"--two-sentences must be a share in [0, 1], got {two_sentences}")
     if audio.espeak_missing():
         raise FileNotFoundError(audio.espeak_missing())
+    for notice in missing_sources():  # the recipe runs without them, on fewer kinds of picture
+        logger.warning("pictures: %s", notice)
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     n_avsynth = int(round(avsynth * num_clips))

@@ -47,6 +47,16 @@ def pictures() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(photos), clipart
 
 
+def missing_sources() -> list[str]:
+    """A notice for each picture source that is not installed: data made without it has fewer kinds of picture."""
+    photos, clipart = pictures()
+    notices = [] if clipart else [f"no clip art in {CLIPART} (apt-get install openclipart-png)"]
+    expected = sum(len(names) for names in PACKAGE_PHOTOS.values())
+    if len(photos) < expected:
+        notices.append(f"{len(photos)} of the {expected} photographs (pip install --no-deps scikit-image for seven)")
+    return notices
+
+
 def draw_picture(rng: np.random.Generator) -> str | None:
     """A random installed picture's path, or None where none is installed."""
     photos, clipart = pictures()
