@@ -6,7 +6,8 @@ Prints one markdown table. Generation is timed in one run for the lean decoder's
 and without lookahead, and with fp16 weights in place of int8) and exact mode and for transformers' `generate` of the same PEFT model
 (decode tokens/s after the first token, best of --repeats, the four interleaved so that a busy
 machine slows them alike), with each one's ratio to `generate`; then on whole answers to the
-page's example questions, fast mode with and without lookahead. First token: a new 10 s 720p clip (decode, features, encoder,
+page's example questions, fast mode with and without lookahead. A prompt, and a follow-up's tokens,
+through the widened GEMMs and through the int8 kernel. First token: a new 10 s 720p clip (decode, features, encoder,
 prompt) and a chat's follow-up question. Clip-ready: `VideoQA.prepare` on that clip, whole and
 split into decoding, features and encoder. Batches: `ask_many` against one question at a time.
 """
@@ -131,6 +132,32 @@ def answer_rates(qa, dec, repeats: int) -> list[tuple[str, str, str]]:
             ("tokens/s answering them, fast mode without lookahead", f"{best[0]:.1f}", "")]
 
 
+def prompt_rows(dec, ids: list[int], embeds, repeats: int, tail: int = 20) -> list[tuple[str, str, str]]:
+    """A prompt less its last `tail` tokens, then those tokens (as a follow-up's), through the widened
+    GEMMs and through the int8 kernel, interleaved, best of `repeats`."""
+    import vqa.decoder as decoder
+
+    ways = (True, False) if decoder.WIDEN else (False,)
+    best = {w: [float("inf")] * 2 for w in ways}
+    for _ in range(repeats):
+        for widen in ways:
+            saved, decoder.WIDEN = decoder.WIDEN, widen
+            cache = dec.new_cache(capacity=len(ids) + 8)
+            for k, (n_ids, n_embeds) in enumerate(((ids[:-tail], embeds[:, :-tail]), (ids, embeds))):
+                t = time.perf_counter()
+                dec.prefill(n_ids, n_embeds, cache)
+                best[widen][k] = min(best[widen][k], time.perf_counter() - t)
+            decoder.WIDEN = saved
+    rows = []
+    for k, what in enumerate((f"prompt of {len(ids) - tail} tokens", f"{tail} more tokens (a follow-up)")):
+        kernel = best[False][k]
+        if True in best:
+            rows.append((f"{what}, fast mode (widened GEMMs)", f"{best[True][k] * 1e3:.0f} ms",
+                         f"{kernel / best[True][k]:.2f}x the int8 kernel"))
+        rows.append((f"{what}, the int8 kernel", f"{kernel * 1e3:.0f} ms", ""))
+    return rows
+
+
 def first_piece(stream) -> float:
     t0 = time.perf_counter()
     next(iter(stream))
@@ -183,6 +210,7 @@ def main() -> None:
         model.decoding = "fast"
         dec = model.decoder()
         rows += answer_rates(qa, dec, args.repeats)
+        rows += prompt_rows(dec, ids, embeds, args.repeats)
 
         # ---- clip-ready and first tokens ----
         media = model.config.media

@@ -85,3 +85,18 @@ def test_the_default_bundle_tells_camera_footage_from_its_training_clips():
     avsynth = qa.prepare(example_clips(n=1)[0][0])  # a clip of the kind the bundle learned on
     assert avsynth.in_domain and avsynth.unfamiliar is None
     assert avsynth.picture_distance < qa.domain.pictures.threshold < unlike.picture_distance
+
+
+def test_a_clip_that_does_not_decode_is_left_out_of_the_pictures(tmp_path):
+    from tests.helpers import write_clip
+    from vqa.domain import fit_pictures
+    from vqa.perception import sight
+
+    if sight.missing():
+        pytest.skip(sight.missing())
+    good = [write_clip(tmp_path / f"c{i}.mp4", tone_hz=300.0 + 100 * i) for i in range(2)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    pictures = fit_pictures(good + [broken])
+    assert pictures.points.shape == (2, 1280)
+    assert fit_pictures(good[:1] + [broken]) is None  # too few to describe

@@ -167,14 +167,21 @@ def fit_domain(model, cache, clips: int = 512, batch_size: int = 32, folder: str
 
 
 def fit_pictures(paths: list[Path]) -> Pictures | None:
-    """The picture domain of these clip files; None where sight is not installed."""
+    """The picture domain of these clip files (those that decode); None where sight is not installed."""
+    from .media import MediaError
     from .perception import picture_embedding, sight
 
     why = sight.missing()
     if why is not None:
         logger.warning("%s; the bundle's out-of-domain signal reads the clip tokens alone", why)
         return None
-    return Pictures.fit(torch.stack([torch.from_numpy(picture_embedding(p)) for p in paths]))
+    embeddings = []
+    for path in paths:
+        try:
+            embeddings.append(torch.from_numpy(picture_embedding(path)))
+        except (MediaError, OSError) as e:  # the bundle is trained already: a clip left out costs little
+            logger.warning("out-of-domain signal: %s left out: %s", path, e)
+    return Pictures.fit(torch.stack(embeddings)) if len(embeddings) >= 2 else None
 
 
 def main(argv: list[str] | None = None) -> int:
