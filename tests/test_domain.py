@@ -48,6 +48,8 @@ def test_pictures_like_the_training_ones_are_in_and_others_out(tmp_path):
     assert pictures.distance(footage) > pictures.threshold
     with pytest.raises(ValueError, match="32 values"):
         pictures.distance(torch.zeros(32))
+    same = Pictures.fit(photo.expand(10, 64))  # one picture in every clip: that picture is familiar
+    assert same.distance(photo) <= same.threshold < same.distance(footage)
 
     tokens = torch.randn(200, 6, 16, generator=g)
     domain = Domain.fit(tokens)

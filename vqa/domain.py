@@ -51,10 +51,12 @@ class Pictures:
         apart = 1 - points @ points.T  # (N, N)
         apart.fill_diagonal_(float("inf"))
         nearest, which = apart.min(dim=1)  # each training clip's nearest other one
-        # the median floor: a photograph shown in many clips would otherwise count only its own pans as familiar
-        radius = nearest.clamp(min=float(nearest.median()))
+        # the median floor: a photograph shown in many clips would otherwise count only its own pans as
+        # familiar (and the same picture twice, nothing at all)
+        radius = nearest.clamp(min=max(float(nearest.median()), 1e-3))
         relative = nearest / radius[which]  # each training clip, left out, against the rest
-        return cls(points, radius, MARGIN * float(torch.quantile(relative, QUANTILE)))
+        # at least 1: a picture within a training picture's radius is familiar
+        return cls(points, radius, max(MARGIN * float(torch.quantile(relative, QUANTILE)), 1.0))
 
     def distance(self, embedding: torch.Tensor) -> float:
         """A picture's relative distance from the training pictures, for its embedding (D,): its cosine
