@@ -7,7 +7,9 @@ Each line of real_clips.jsonl is a question about a clip in ../shared/media (by 
 made here (espeak-ng speech, silence, a melody; see real_clips_media.py), with two regular
 expressions (case-insensitive): `answer`, which the perception text matches where it holds the
 answer (`^sound:` / `^seen` anchor it to that line; none for the `unknown` kind, questions nothing
-in the clip answers), and `reply`, which a right reply of a bundle matches. The expected answers
+in the clip answers, nor for `describe`, "Describe this clip." on real footage, where a right reply names
+what is heard and invents none of AVSynth's shapes, beeps or object counts), and `reply`, which a right
+reply of a bundle matches. The expected answers
 were checked against MANIFEST.tsv's descriptions and the subtitle track, and against the text
 espeak-ng reads. "perception" scores the text block the LLM is given (does it hold the answer?);
 each `--model BUNDLE` (repeatable; alone, the default bundle) is asked with perception on, and
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.real_clips_media import RATE, melody, speak, write_clip  # noqa: E402
 from vqa.perception import perceive  # noqa: E402
 
-KINDS = ("speech", "sound", "sight", "unknown")
+KINDS = ("speech", "sound", "sight", "unknown", "describe")
 
 
 def make_clip(item: dict, media: Path, folder: Path) -> Path | None:
@@ -158,7 +160,7 @@ def main() -> None:
                 reply = model.ask(path, item["question"], max_new_tokens=48)
                 ok = right(reply, item["reply"])
                 scores[name][item["kind"]].append(ok)
-                line += f"\n    {'ok' if ok else 'NO'} {name}: {reply[:90]!r}"
+                line += f"\n    {'ok' if ok else 'NO'} {name}: {reply[:160]!r}"
             print(line)
         if args.timing:
             timing(Path(tmp), models[0][1] if models else None)

@@ -231,3 +231,36 @@ def test_ask_many_equals_one_at_a_time(exact, clip, tmp_path):
     assert qa.ask_many(pairs, batch_size=2, max_new_tokens=6) == [qa.ask(v, q, max_new_tokens=6) for v, q in pairs]
     with pytest.raises(ValueError, match="batch_size"):
         qa.ask_many(pairs, batch_size=0)
+
+
+def test_the_unfamiliar_line_is_read_by_bundles_that_learned_it(qa, monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from vqa.perception import UNFAMILIAR, Perception, sight
+
+    p = Perception(None, sight.Concepts([], [], 0.4), None, 3.0)
+    unlike, like = NS(perception=p, unfamiliar="its picture is unlike theirs"), NS(perception=p, unfamiliar=None)
+    assert UNFAMILIAR not in qa._context(unlike)  # the tiny config did not learn it
+    monkeypatch.setattr(qa.model.config, "unfamiliar_line", True)
+    assert UNFAMILIAR in qa._context(unlike) and UNFAMILIAR not in qa._context(like)
+    assert qa._context(NS(perception=None, unfamiliar="why")) == ""  # perception off: no text at all
+
+
+def test_a_warmed_clip_leaves_its_first_question_only_its_own_tokens(qa, clip, monkeypatch):
+    decoder = qa.model.decoder()
+    if decoder is None:
+        pytest.skip("the lean decoder does not run this LLM")
+    prepared = qa.prepare(clip)
+    question = "What is in the video?"
+    monkeypatch.setattr(qa, "prefixes", vqa.api.PrefixPool(1 << 28))
+    cold = qa.ask(prepared, question, max_new_tokens=12)
+    monkeypatch.setattr(qa, "prefixes", vqa.api.PrefixPool(1 << 28))
+    n = qa.warm(prepared)
+    assert n > qa.model.num_video_tokens and qa.warm(prepared) == 0  # computed once
+    rows = []
+    forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda embeds, cache, **kw: rows.append(embeds.shape[1]) or
+                        forward(embeds, cache, **kw))
+    assert qa.ask(prepared, question, max_new_tokens=12) == cold  # the same answer
+    ids = qa.model.encode_prompt(vqa.api._messages([], question, qa._context(prepared))).input_ids
+    assert rows[0] == len(ids) - n < 16  # the prompt computed only the question's own tokens

@@ -122,6 +122,34 @@ def test_packing_reads_the_perception_text_once():
     assert all(u.startswith("q0-") for u in users[1:])
 
 
+def test_records_marked_unfamiliar_read_their_clips_text_with_the_unfamiliar_line(tmp_path, monkeypatch):
+    from vqa import perception
+    from vqa.data import perception as data_perception
+    from vqa.perception import Perception, sight
+
+    perceived = []
+
+    def fake_perceive(path):
+        perceived.append(path.name)
+        return Perception(None, sight.Concepts([], [], 0.0), None, 3.0)
+
+    monkeypatch.setattr(perception, "perceive", fake_perceive)
+    records = [{**r, "unfamiliar": True} if r["video"] == "c1.mp4" else r for r in _records(2, 2)]
+    words = lambda text, add_special_tokens=False: {"input_ids": text.split()}  # noqa: E731 (a tokenizer)
+    texts = data_perception.perception_texts(tmp_path, [r["video"] for r in records], 80, words, "llm",
+                                             progress=False, unfamiliar={"c1.mp4"})
+    assert sorted(perceived) == ["c0.mp4", "c1.mp4"]  # each clip perceived once, for both of its texts
+    assert set(texts) == {"c0.mp4", "c1.mp4", "c1.mp4#unfamiliar"}
+    assert perception.UNFAMILIAR in texts["c1.mp4#unfamiliar"] and perception.UNFAMILIAR not in texts["c1.mp4"]
+    out = data_perception.with_perception(records, texts)
+    for r in out:
+        assert (perception.UNFAMILIAR in r["messages"][0]["content"]) == (r["video"] == "c1.mp4")
+        assert (perception.UNFAMILIAR in r["perception"]) == (r["video"] == "c1.mp4")
+    again = data_perception.perception_texts(tmp_path, ["c0.mp4", "c1.mp4"], 80, words, "llm", progress=False,
+                                             unfamiliar={"c1.mp4"})
+    assert again == texts and len(perceived) == 2  # read back from the file beside the dataset
+
+
 def test_epoch_order_is_a_permutation_per_epoch_and_a_function_of_position():
     order = EpochOrder(10, seed=3)
     first, second = order.take(0, 10), order.take(10, 10)

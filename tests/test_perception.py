@@ -282,6 +282,18 @@ def test_a_first_segment_over_the_budget_still_shows_its_first_words():
     assert text.endswith("(transcript cut within 0.0-28.0 s of 30.0 s: the rest is not shown)")
 
 
+def test_an_unfamiliar_clip_is_said_so_within_the_budget():
+    long = [Segment(2.0 * k, 2.0 * k + 1.5, f"sentence number {k} of many") for k in range(40)]
+    p = Perception(Transcript(long, "en", 0.99, []), sight.Concepts([], [], 0.4), None, duration=80.0)
+    words = lambda text: len(text.split())  # noqa: E731
+    plain, marked = p.to_text(60, count=words), p.to_text(60, count=words, unfamiliar=True)
+    assert perception.UNFAMILIAR not in plain and perception.UNFAMILIAR in marked
+    assert words(marked) <= 60 and "transcript cut" in marked
+    # it follows what the picture looks like and comes before the transcript
+    lines = marked.splitlines()
+    assert lines.index(perception.UNFAMILIAR) == 3 and lines[2].startswith("Seen")
+
+
 def test_perception_text_goes_after_the_clip_tokens():
     assert with_video("What is said?", "Speech (en): hello") == "<video>\nSpeech (en): hello\nWhat is said?"
     assert with_video("What is said?") == "<video>\nWhat is said?"

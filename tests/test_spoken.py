@@ -177,6 +177,45 @@ def test_seen_line_parsed_and_picture_answers_name_its_concepts():
     assert not kinds & {"seen", "describe"} and "music" in kinds
 
 
+def test_unfamiliar_clips_say_what_the_classifier_sees_and_not_what_the_tokens_would():
+    scene = [{"shape": "circle", "color": "red", "size": "small", "motion": "left", "beeps": False},
+             {"shape": "square", "color": "blue", "size": "large", "motion": "still", "beeps": False}]
+    clip = {"id": "x", "video": "clips/x.mp4", "sound": "music", "objects": scene, "unfamiliar": True,
+            "seen": [("envelope", 0.2), ("web site", 0.1)]}
+    got = {kind: a for kind, _, a in questions.questions(clip, np.random.default_rng(0), per_clip=30)}
+    assert {got[k] for k in ("count", "color", "shape", "motion")} == {questions.UNSEEN}
+    assert got["seen"] == ("The picture is unlike the clips I was trained on; the image classifier suggests: "
+                           "envelope, web site (it can be wrong).")
+    assert got["describe"] == f"{got['seen']} {questions.ANSWER_SOUND['music']}"
+    assert "circle" not in got["describe"] and got["music"].startswith("Yes")  # the sound is still answered
+    records = questions.records(clip, np.random.default_rng(0), per_clip=30)
+    assert records and all(r["unfamiliar"] is True for r in records)
+    # a familiar clip: the scene's own answers, and no mark on its records
+    familiar = {**clip, "unfamiliar": False}
+    got = {kind: a for kind, _, a in questions.questions(familiar, np.random.default_rng(0), per_clip=30)}
+    assert got["count"] == "There are two objects." and questions.UNSEEN not in got.values()
+    assert not any("unfamiliar" in r for r in questions.records(familiar, np.random.default_rng(0), 30))
+    # a gradient, nothing recognised: no objects to ask about beyond whether there are any
+    gradient = {**clip, "objects": None, "seen": []}
+    got = {kind: a for kind, _, a in questions.questions(gradient, np.random.default_rng(0), per_clip=30)}
+    assert got["count"] == questions.UNSEEN and "motion" not in got
+    assert got["seen"].startswith("I can't tell what is shown: the picture is unlike the clips I was trained on")
+
+
+@needs_espeak
+def test_the_unfamiliar_mark_is_its_own_draw(tmp_path):
+    from vqa.spoken.generate import make_clip
+
+    for name in ("a", "b"):
+        (tmp_path / name / "clips").mkdir(parents=True)
+    plain = [make_clip(tmp_path / "a", 6, i, [], 0.0, unfamiliar=0.0) for i in range(6)]
+    marked = [make_clip(tmp_path / "b", 6, i, [], 0.0, unfamiliar=1.0) for i in range(6)]
+    assert all(m == {**p, "unfamiliar": True} for p, m in zip(plain, marked))
+    for p in plain:  # the same pictures
+        a, b = (load_clip(tmp_path / name / p["video"], num_frames=3, size=32, audio=False) for name in "ab")
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 1.0
+
+
 def test_picture_frames_pan_over_a_real_picture(tmp_path):
     from PIL import Image
 
@@ -189,6 +228,32 @@ def test_picture_frames_pan_over_a_real_picture(tmp_path):
     assert frames.shape[1:] == (SIZE, SIZE, 3) and frames.dtype == np.uint8 and len(frames) > 10
     assert frames[..., 0].max() > 200 and frames[..., 0].min() < 50  # both halves in view
     assert not np.array_equal(frames[0], frames[-1])  # it moves
+
+
+def test_a_picture_too_large_or_broken_is_passed_over(tmp_path, monkeypatch):
+    import struct
+    import zlib
+
+    import vqa.spoken.pictures as pictures
+
+    Image = pytest.importorskip("PIL.Image")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # a PNG whose header declares 30000 x 30000 pixels (clip art like this exists), and a file that is not a PNG
+    huge = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    (tmp_path / "huge.png").write_bytes(huge)
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    Image.new("RGB", (8, 8)).save(tmp_path / "fine.png")
+    assert not pictures._readable(str(tmp_path / "huge.png")) and not pictures._readable(str(tmp_path / "broken.png"))
+    names = tuple(str(tmp_path / n) for n in ("broken.png", "huge.png", "fine.png"))
+    monkeypatch.setattr(pictures, "pictures", lambda: ((), names))
+    rng = np.random.default_rng(0)
+    assert {pictures.draw_picture(rng) for _ in range(20)} == {str(tmp_path / "fine.png")}
+    monkeypatch.setattr(pictures, "pictures", lambda: ((), names[:2]))
+    assert pictures.draw_picture(rng) is None  # nothing usable: no picture rather than a crash
 
 
 def test_missing_picture_sources_are_named(tmp_path, monkeypatch):
@@ -242,3 +307,23 @@ def test_committed_page_examples_are_small_and_hold_what_they_ask_about():
         clip = load_clip(path, num_frames=4, size=32)
         assert clip.has_audio and np.abs(clip.audio).max() > 0.01, path
         assert question.endswith("?") and (said is None) == ("music" in question)
+
+
+def test_the_real_clip_benchmark_is_well_formed_and_kept_apart_from_the_recipe():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    items = [json.loads(line) for line in (root / "benchmarks" / "real_clips.jsonl").read_text().splitlines()]
+    kinds = ("speech", "sound", "sight", "unknown", "describe")
+    assert len({i["id"] for i in items}) == len(items) and {i["kind"] for i in items} == set(kinds)
+    recipe = {s for sentences in SENTENCES.values() for s in sentences}
+    for item in items:
+        re.compile(item["reply"]), item["answer"] is None or re.compile(item["answer"])
+        assert ("clip" in item) + ("speak" in item) + ("make" in item) == 1 and item["checked"]
+        assert "speak" not in item or item["speak"]["text"] not in recipe  # never trained on
+    invented = "There are two objects: a white circle staying still and a purple triangle. There is only music."
+    honest = ("The picture is unlike the clips I was trained on; the image classifier suggests: suit (it can be "
+              "wrong). There is music, a melody of tones; nobody speaks.")
+    chaplin = next(i for i in items if i["id"] == "chaplin-describe")
+    assert not re.search(chaplin["reply"], invented, re.I) and re.search(chaplin["reply"], honest, re.I)

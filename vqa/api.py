@@ -34,7 +34,7 @@ from .decoder import KVCache, common_prefix
 from .features import clip_features
 from .limits import MAX_CONVERSATION_TOKENS, MAX_QUESTION_TOKENS, check_history, check_question, fit_history
 from .media import Clip, MediaError, load_clip
-from .prompt import with_video
+from .prompt import EncodedPrompt, with_video
 
 if TYPE_CHECKING:
     from .perception import Perception
@@ -182,6 +182,30 @@ class VideoQA:
                 total -= self._cache.popitem(last=False)[1].nbytes
         return prepared
 
+    def warm(self, prepared: PreparedClip) -> int:
+        """Compute now what every first question about a prepared clip starts with (the system prompt, the clip
+        tokens, the perception text) into the prefix pool, so that the first question, like a follow-up,
+        computes only its own tokens. For a page that prepares a clip while its user types. Returns the
+        positions computed (0 without the lean decoder, or where the pool holds them already)."""
+        decoder = self.model.decoder()
+        if decoder is None:
+            return 0
+        context = self._context(prepared)
+        one, two = (self.model.encode_prompt(_messages([], q, context)) for q in ("A", "B"))
+        n = common_prefix(one.input_ids.tolist(), two.input_ids.tolist())
+        ids = one.input_ids[:n].tolist()
+        cache = self.prefixes.take(decoder, prepared.key, ids)
+        if cache is not None and cache.length >= n:
+            self.prefixes.put(decoder, cache)
+            return 0
+        cache = cache or decoder.new_cache(capacity=n + 64, key=prepared.key)
+        before = cache.length
+        with torch.no_grad():
+            shared = EncodedPrompt(one.input_ids[:n], one.labels[:n], one.video_mask[:n])
+            self.model.prefill(prepared.tokens, shared, cache, decoder)
+        self.prefixes.put(decoder, cache)
+        return n - before
+
     def _check_duration(self, clip: Clip, video) -> None:
         if self.max_duration is not None and clip.duration > self.max_duration:
             name = clip.path if isinstance(video, Clip) else video
@@ -264,7 +288,8 @@ class VideoQA:
             return ""
         tokenizer = self.model.tokenizer
         return prepared.perception.to_text(
-            self.perception_tokens, count=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+            self.perception_tokens, count=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+            unfamiliar=self.model.config.unfamiliar_line and prepared.unfamiliar is not None)
 
 
 class PrefixPool:

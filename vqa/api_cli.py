@@ -51,6 +51,7 @@ def chat(args) -> int:
     sound = "with sound" if clip.has_audio else "no sound"
     print(f"{args.clip}: {clip.duration:.1f} s, {clip.width}x{clip.height}, {sound}. "
           "Ask a question; /reset forgets the conversation, /quit or Ctrl-D ends.")
+    qa.warm(session.prepared)  # while the user reads that and types: the first answer starts as a follow-up's
     while True:
         try:
             question = input("> ").strip()

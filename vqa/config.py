@@ -221,6 +221,9 @@ class ModelConfig:
     # the LLM also reads what pretrained perception found (vqa.perception: transcript, sounds, concepts) as a
     # text block of at most this many tokens after the clip tokens; 0: it reads the clip tokens alone
     perception_tokens: int = 0
+    # the perception text has vqa.perception.UNFAMILIAR where the bundle's domain finds a clip unlike its training
+    # clips: set when the training data marked clips so (qa.jsonl "unfamiliar"), so the model learned to read it
+    unfamiliar_line: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -153,6 +153,13 @@ class VideoLLM(nn.Module):
             return self._decoder[1]
 
     @torch.no_grad()
+    def prefill(self, video_tokens: torch.Tensor, prompt: EncodedPrompt, cache: KVCache, decoder: Decoder) -> None:
+        """Bring `cache` to a prompt's positions (lean decoder), computing only those it does not hold."""
+        embeds = self.embed(prompt.input_ids[None].to(self.device), prompt.video_mask[None].to(self.device),
+                            video_tokens.unsqueeze(0))
+        decoder.prefill(prompt.input_ids.tolist(), embeds.float(), cache)
+
+    @torch.no_grad()
     def stream(
         self,
         video_tokens: torch.Tensor,

@@ -272,6 +272,7 @@ def load_clip(video: str | None, model: str, request: gr.Request | None = None, 
             done / total, desc=f"Transcribing the speech: {done:.0f} of {total:.0f} s"))
         clip = prepared.clip
         seconds = time.perf_counter() - start
+        qa.warm(prepared)  # the first question then waits as a follow-up does
     except Exception as e:  # the page shows a line; the log keeps one line, or the trace of a bug
         _log_failure(f"could not load {Path(video).name}", e, video)
         message = readable(e, video)

@@ -5,6 +5,10 @@ concepts) after the clip tokens, at inference and so in training too. Perceiving
 all) costs far more than a training step, so each clip's text is computed once into
 `perception-<key>.json` beside the dataset's qa.jsonl; the key covers the token budget and the LLM whose
 tokenizer counts it.
+
+A record with `"unfamiliar": true` reads its clip's text with the line a served clip gets when the bundle's
+domain finds it unlike the training clips (vqa.perception.UNFAMILIAR): a recipe marks clips so to teach the
+model what not to read from the clip tokens there. Such a text is kept under "<video>#unfamiliar".
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ from ..prompt import with_video, without_video
 
 log = logging.getLogger("vqa")
 PREFIX = "perception-"
+MARK = "#unfamiliar"
 FORMAT = 3  # 2: the "Picture:" line; 3: speech heard on short windows
 
 
 def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tokenizer, llm: str,
-                     progress: bool = True) -> dict[str, str]:
-    """{video: its perception text}, computed once per clip and kept beside the dataset."""
+                     progress: bool = True, unfamiliar: set[str] = frozenset()) -> dict[str, str]:
+    """{video: its perception text}, computed once per clip and kept beside the dataset; for the videos in
+    `unfamiliar`, also {text_key(video, True): the text with the UNFAMILIAR line}."""
     from tqdm import tqdm
 
     from ..perception import perceive
@@ -32,15 +38,22 @@ def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tok
     key = hashlib.sha256(json.dumps([FORMAT, max_tokens, llm]).encode()).hexdigest()[:12]
     path = folder / f"{PREFIX}{key}.json"
     texts = json.loads(path.read_text()) if path.is_file() else {}
-    missing = [v for v in dict.fromkeys(videos) if v not in texts]
+    wanted = [text_key(v, v in unfamiliar) for v in dict.fromkeys(videos)]
+    wanted += [v for v in dict.fromkeys(videos) if v in unfamiliar]  # the plain text too (generators check it)
+    missing = [k for k in dict.fromkeys(wanted) if k not in texts]
     if not missing:
         return texts
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    for video in tqdm(missing, desc=f"perceiving {folder.name}", unit="clip", disable=not progress):
-        texts[video] = perceive(folder / video).to_text(max_tokens, count=count)
+    by_video: dict[str, list[str]] = {}
+    for k in missing:
+        by_video.setdefault(k.removesuffix(MARK), []).append(k)
+    for video, keys in tqdm(by_video.items(), desc=f"perceiving {folder.name}", unit="clip", disable=not progress):
+        perceived = perceive(folder / video)
+        for k in keys:
+            texts[k] = perceived.to_text(max_tokens, count=count, unfamiliar=k.endswith(MARK))
     try:
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(texts, indent=0))
@@ -48,6 +61,10 @@ def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tok
     except OSError as e:
         log.warning("could not write %s (%s); keeping the perception texts in memory only", path, e)
     return texts
+
+
+def text_key(video: str, unfamiliar: bool) -> str:
+    return f"{video}{MARK}" if unfamiliar else video
 
 
 def with_perception(records: list[dict], texts: dict[str, str]) -> list[dict]:
@@ -58,8 +75,9 @@ def with_perception(records: list[dict], texts: dict[str, str]) -> list[dict]:
         messages = [dict(m) for m in r["messages"]]
         first = messages[0]["content"]
         question = without_video(first)
-        messages[0]["content"] = with_video(question, texts[r["video"]])
-        out.append({**r, "messages": messages, "perception": texts[r["video"]]})
+        text = texts[text_key(r["video"], bool(r.get("unfamiliar")))]
+        messages[0]["content"] = with_video(question, text)
+        out.append({**r, "messages": messages, "perception": text})
     return out
 
 
@@ -68,5 +86,6 @@ def add_perception(folder: str | Path, records: list[dict], model_config, tokeni
     if not model_config.perception_tokens or not records:
         return records
     texts = perception_texts(folder, [r["video"] for r in records], model_config.perception_tokens, tokenizer,
-                             model_config.llm, progress=progress)
+                             model_config.llm, progress=progress,
+                             unfamiliar={r["video"] for r in records if r.get("unfamiliar")})
     return with_perception(records, texts)

@@ -2,7 +2,8 @@
 
     {"video": "clips/x.mp4", "conversations": [{"from": "human", "value": "<video>\\nQ"},
                                                {"from": "gpt", "value": "A"}, ...],
-     "id": "optional", "type": "optional question type to report by"}
+     "id": "optional", "type": "optional question type to report by",
+     "unfamiliar": "optional true: the clip's perception text says it is unlike the training clips"}
 
 `video` is relative to the folder. Every record keeps its line number (`line`), so a problem with
 it (a malformed line, a missing or undecodable clip) is reported where the user can find it.

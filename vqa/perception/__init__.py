@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 SENSES = ("speech", "sight", "sound")
 SIGHT_FRAMES = 8
 HEADER = "What pretrained models perceived (they can be wrong):"
+# said where a bundle's domain finds the clip unlike its training clips (vqa.domain), for bundles that learned it
+UNFAMILIAR = "Unfamiliar: this picture is unlike the clips the model was trained on, so its clip tokens can mislead."
 _noticed: set[str] = set()
 
 
@@ -44,11 +46,12 @@ class Perception:
     notices: list[str] = field(default_factory=list)  # why a sense is off
     seconds: dict[str, float] = field(default_factory=dict)  # time each sense took
 
-    def to_text(self, max_tokens: int = 160, count: Callable[[str], int] | None = None) -> str:
+    def to_text(self, max_tokens: int = 160, count: Callable[[str], int] | None = None,
+                unfamiliar: bool = False) -> str:
         """A short text block for the LLM within `max_tokens` (counted by `count`, else ~4 characters a token).
 
-        Sound and sight come first; the transcript follows in time order and is cut, with the cut
-        said, where the budget ends."""
+        Sound and sight come first (with the UNFAMILIAR line where `unfamiliar`); the transcript follows in
+        time order and is cut, with the cut said, where the budget ends."""
         count = count or (lambda text: -(-len(text) // 4))
         lines = [HEADER]
         if self.sound is not None:
@@ -59,6 +62,8 @@ class Perception:
             lines.append(f"Picture: looks {self.concepts.looks}.")
             seen = ", ".join(f"{c.name} {c.prob:.2f}" for c in self.concepts.concepts)
             lines.append(f"Seen (ImageNet classes, mean probability): {seen or 'nothing with confidence'}.")
+        if unfamiliar:
+            lines.append(UNFAMILIAR)
         no_track = self.sound is not None and not self.sound.has_audio
         if self.transcript is not None and not no_track:
             t = self.transcript

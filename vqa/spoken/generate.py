@@ -1,12 +1,16 @@
 """Write a spoken-clips dataset: DIR/clips/*.mp4, DIR/clips.jsonl (what each clip holds) and DIR/qa.jsonl.
 
     python -m vqa.spoken.generate --out data/spoken --clips 700 --seed 0 [--avsynth 0.3] [--perception-tokens 160]
+        [--unfamiliar 0.25]
 
 Clip i depends only on (seed, i). A share of the clips (`--avsynth`) are plain AVSynth clips with their own
 questions, written by vqa.avsynth.generate into DIR/avsynth/ and listed in the same qa.jsonl, so a model
 trained on the folder keeps its AVSynth skills. With `--perception-tokens N` (default 160; 0: off) every
 clip's perception text is computed by vqa.data.perception into the cache a bundle with that budget reads in
-training, and a spoken clip's answers are kept only where that text supports them (vqa.spoken.check).
+training, and a spoken clip's answers are kept only where that text supports them (vqa.spoken.check). A share
+of the spoken clips (`--unfamiliar`) are marked unfamiliar: their perception text says that the picture is unlike
+the training clips, as a served clip's does where the bundle's domain finds it so, and their answers take what is
+seen from the image classifier alone (vqa.spoken.questions).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ PICTURE_SHARE = 0.5  # of pictures, real ones (vqa.spoken.pictures) where instal
 LEAD_S = 0.4  # silence before the speech starts
 PAUSE_S = (0.8, 1.6)  # between two sentences: Whisper writes them as two segments
 TWO_SENTENCES = 0.3  # of espeak-ng speech clips, two sentences: answers have to read past the first segment
+UNFAMILIAR = 0.25  # of spoken clips, marked unfamiliar
 LLM = "bundled:smollm2-135m-instruct"  # whose tokenizer counts the perception budget (the bundles' LLM)
 
 
@@ -70,8 +75,8 @@ def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]], more: np.
             speech * np.float32(rng.uniform(0.5, 1.0)))
 
 
-def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]], two_sentences: float = TWO_SENTENCES
-              ) -> dict:
+def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]], two_sentences: float = TWO_SENTENCES,
+              unfamiliar: float = 0.0) -> dict:
     """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text" (all that is
     said), "sentences" (espeak-ng's, one or two), "voice", "objects" (AVSynth-style, None for a gradient or a
     picture), "picture" (a real picture's path), "duration"}."""
@@ -102,22 +107,25 @@ def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]],
         scene, frames = scene_frames(rng, seconds)
         clip["objects"] = scene["objects"]
     clip["duration"] = seconds
+    if clip_rng(seed, index + 3_000_000).random() < unfamiliar:  # its own draw: the clip is the same either way
+        clip["unfamiliar"] = True
     write_clip(out / clip["video"], frames, track)
     return clip
 
 
-def perception(out: Path, videos: list[str], max_tokens: int, progress: bool) -> dict[str, str]:
+def perception(out: Path, videos: list[str], max_tokens: int, progress: bool, unfamiliar: set[str] = frozenset()
+               ) -> dict[str, str]:
     """Every clip's perception text, through the cache training reads (vqa.data.perception)."""
     from vqa.data.perception import perception_texts
     from vqa.llm import load_llm
 
     _, tokenizer = load_llm(LLM)
-    return perception_texts(out, videos, max_tokens, tokenizer, LLM, progress=progress)
+    return perception_texts(out, videos, max_tokens, tokenizer, LLM, progress=progress, unfamiliar=unfamiliar)
 
 
 def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, per_clip: int = 6,
-             perception_tokens: int = 160, progress: bool = True, two_sentences: float = TWO_SENTENCES
-             ) -> dict[str, int]:
+             perception_tokens: int = 160, progress: bool = True, two_sentences: float = TWO_SENTENCES,
+             unfamiliar: float = UNFAMILIAR) -> dict[str, int]:
     """Write `num_clips` clips (a share `avsynth` of them AVSynth) and qa.jsonl into `out`; returns record counts
     per type."""
     from tqdm import tqdm
@@ -128,6 +136,8 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
         raise ValueError(f"--avsynth must be a share in [0, 1), got {avsynth}")
     if not 0 <= two_sentences <= 1:
         raise ValueError(f"--two-sentences must be a share in [0, 1], got {two_sentences}")
+    if not 0 <= unfamiliar <= 1:
+        raise ValueError(f"--unfamiliar must be a share in [0, 1], got {unfamiliar}")
     if audio.espeak_missing():
         raise FileNotFoundError(audio.espeak_missing())
     for notice in missing_sources():  # the recipe runs without them, on fewer kinds of picture
@@ -137,7 +147,7 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
     n_avsynth = int(round(avsynth * num_clips))
     recorded = audio.recordings()
     qa, avsynth_qa = [], []
-    clips = [make_clip(out, seed, index, recorded, two_sentences) for index in
+    clips = [make_clip(out, seed, index, recorded, two_sentences, unfamiliar) for index in
              tqdm(range(num_clips - n_avsynth), desc="spoken clips", unit="clip", disable=not progress)]
     if n_avsynth:
         from vqa.avsynth.generate import generate as avsynth_generate
@@ -147,7 +157,7 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
             r = json.loads(line)
             avsynth_qa.append({**r, "id": f"avsynth-{r['id']}", "video": f"{AVSYNTH_DIR}/{r['video']}"})
     texts = perception(out, [c["video"] for c in clips] + [r["video"] for r in avsynth_qa], perception_tokens,
-                       progress) if perception_tokens else {}
+                       progress, {c["video"] for c in clips if c.get("unfamiliar")}) if perception_tokens else {}
     for index, clip in enumerate(clips):
         skip: tuple[str, ...] = ()
         if texts:
@@ -177,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--two-sentences", type=float, default=TWO_SENTENCES,
                     help=f"share of espeak-ng speech clips that say two sentences (default {TWO_SENTENCES}; "
                          "0 gives the clips of earlier versions of this recipe)")
+    ap.add_argument("--unfamiliar", type=float, default=UNFAMILIAR,
+                    help=f"share of spoken clips marked unfamiliar (default {UNFAMILIAR}; 0 gives the questions of "
+                         "earlier versions of this recipe)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:
         counts = generate(args.out, args.clips, args.seed, args.avsynth, args.per_clip, args.perception_tokens,
-                          two_sentences=args.two_sentences)
+                          two_sentences=args.two_sentences, unfamiliar=args.unfamiliar)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ PACKAGE_PHOTOS = {"skimage": tuple(f"data/{name}" for name in SKIMAGE_PHOTOS),
                   "matplotlib": ("mpl-data/sample_data/grace_hopper.jpg",),
                   "sklearn": ("datasets/images/china.jpg", "datasets/images/flower.jpg")}
 SIZE = 224  # the image classifier's input side: pictures are written at it, not at AVSynth's 128
+MAX_PIXELS = 50_000_000  # larger files are passed over: decoding one takes seconds and gigabytes
 
 
 PHOTO_SHARE = 0.4  # of pictures drawn, where both sources are installed: the few photographs, else clip art
@@ -58,10 +59,25 @@ def missing_sources() -> list[str]:
 
 
 def draw_picture(rng: np.random.Generator) -> str | None:
-    """A random installed picture's path, or None where none is installed."""
+    """A random installed picture's path, or None where none is installed; a file that cannot be read as a
+    picture of a sane size (a few clip art files declare billions of pixels) is passed over for another draw."""
     photos, clipart = pictures()
     pool = photos if photos and (not clipart or rng.random() < PHOTO_SHARE) else clipart
-    return str(pool[int(rng.integers(len(pool)))]) if pool else None
+    for _ in range(20):
+        if not pool:
+            return None
+        path = str(pool[int(rng.integers(len(pool)))])
+        if _readable(path):
+            return path
+    return None
+
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as im:  # reads the header only; refuses a decompression bomb
+            return im.width * im.height <= MAX_PIXELS
+    except (OSError, Image.DecompressionBombError):
+        return False
 
 
 def _load(path: str, rng: np.random.Generator) -> np.ndarray:

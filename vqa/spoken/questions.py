@@ -3,7 +3,9 @@
 A clip's `sound` is one of SOUNDS; speech has a `language` and the `text` said; the picture is an AVSynth
 scene (`objects`, as in AVSynth metadata), a gradient (`objects` None) or a real picture (`picture`, with
 `seen`, the image classifier's concepts from the perception text, where known). Every answer states only what the
-clip holds; questions nothing in the clip can answer get UNKNOWN.
+clip holds; questions nothing in the clip can answer get UNKNOWN. A clip marked `unfamiliar` reads as a served clip
+that the bundle's domain finds unlike its training clips (vqa.perception.UNFAMILIAR): what is seen comes from the
+image classifier alone, and what only the clip tokens could tell (objects, colours, shapes, motion) gets UNSEEN.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .sentences import ASKED, LANGUAGES
 
 SOUNDS = ("speech", "music", "noise", "silence", "no-audio")
 UNKNOWN = "I can't tell from this clip."
+UNSEEN = "I can't tell: the picture is unlike the clips I was trained on."
 NO_CONTENT_SHARE = 0.6  # of clips without speech, asked a content question that only a transcript could answer
 
 ASK = {
@@ -117,7 +120,15 @@ def _invert_sound(question: str, answer: str, sound: str) -> str:
 
 
 def _picture(clip: dict) -> str | None:
-    """What the picture shows, or None for a real picture whose perception text is not known."""
+    """What the picture shows, or None for a real (or unfamiliar) picture whose perception text is not known."""
+    if clip.get("unfamiliar"):
+        if "seen" not in clip:
+            return None
+        if not clip["seen"]:
+            return ("I can't tell what is shown: the picture is unlike the clips I was trained on, and the image "
+                    "classifier recognises nothing with confidence.")
+        return (f"The picture is unlike the clips I was trained on; the image classifier suggests: "
+                f"{', '.join(name for name, _ in clip['seen'][:3])} (it can be wrong).")
     if clip.get("picture"):
         if "seen" not in clip:
             return None
@@ -135,6 +146,12 @@ def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     pick = lambda kind: ASK[kind][int(rng.integers(len(ASK[kind])))]  # noqa: E731
     picture = _picture(clip)
     seen = [("seen", pick("seen"), picture)] if picture is not None else []
+    if clip.get("unfamiliar"):  # the objects' questions, or made-up ones where there are none, get UNSEEN
+        o = objects[int(rng.integers(len(objects)))] if objects else {
+            "shape": str(rng.choice(("circle", "square", "triangle"))), "color": str(rng.choice(("red", "blue")))}
+        return [("count", pick("count"), UNSEEN), ("color", pick("color").format(shape=o["shape"]), UNSEEN),
+                ("shape", pick("shape").format(color=o["color"]), UNSEEN),
+                ("motion", pick("motion").format(color=o["color"]), UNSEEN)][:2 + int(objects is not None) * 2] + seen
     if clip.get("picture"):
         return seen
     if objects is None:
@@ -178,7 +195,7 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     pool = [p for p in pool if p[0] not in skip]
     first = [p for p in pool if p[0] in (("said", "content", "language") if clip["sound"] == "speech" else ("hear",))]
     first += [p for p in pool if p[0] == "unanswerable" or (p[0] == "describe" and rng.random() < 0.5)
-              or (p[0] == "seen" and clip.get("picture"))]
+              or (p[0] == "seen" and (clip.get("picture") or clip.get("unfamiliar")))]
     rest = [p for p in pool if p not in first]
     order = rng.permutation(len(rest))
     return (first + [rest[i] for i in order])[:per_clip]
@@ -186,7 +203,9 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
 
 def records(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tuple[str, ...] = ()) -> list[dict]:
     """qa.jsonl records of one clip: LLaVA-style, one question each, `type` the question kind."""
+    mark = {"unfamiliar": True} if clip.get("unfamiliar") else {}
     return [{
         "id": f"{clip['id']}-{k}", "video": clip["video"], "type": kind, "sound": clip["sound"],
         "conversations": [{"from": "human", "value": f"{VIDEO_PLACEHOLDER}\n{q}"}, {"from": "gpt", "value": a}],
+        **mark,
     } for k, (kind, q, a) in enumerate(questions(clip, rng, per_clip, skip))]

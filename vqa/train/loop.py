@@ -68,6 +68,8 @@ def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=No
         val_cache = train_cache if held_out else load_features(
             val_folder, model_config, records=val_records, workers=config.data.workers, progress=show)
     train_records, val_records = usable(train_records, train_cache), usable(val_records, val_cache)
+    if model_config.perception_tokens and any(r.get("unfamiliar") for r in train_records):
+        model_config.unfamiliar_line = True  # it learns what the line means, so it is served with it
 
     # ---- model ----
     from ..model import VideoLLM
