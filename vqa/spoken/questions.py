@@ -146,12 +146,14 @@ def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     pick = lambda kind: ASK[kind][int(rng.integers(len(ASK[kind])))]  # noqa: E731
     picture = _picture(clip)
     seen = [("seen", pick("seen"), picture)] if picture is not None else []
-    if clip.get("unfamiliar"):  # the objects' questions, or made-up ones where there are none, get UNSEEN
+    if clip.get("unfamiliar"):  # one of the objects' questions (made up where there are none) gets UNSEEN:
+        # one, so that each kind of question keeps its familiar answer most of the time and the line decides
         o = objects[int(rng.integers(len(objects)))] if objects else {
             "shape": str(rng.choice(("circle", "square", "triangle"))), "color": str(rng.choice(("red", "blue")))}
-        return [("count", pick("count"), UNSEEN), ("color", pick("color").format(shape=o["shape"]), UNSEEN),
-                ("shape", pick("shape").format(color=o["color"]), UNSEEN),
-                ("motion", pick("motion").format(color=o["color"]), UNSEEN)][:2 + int(objects is not None) * 2] + seen
+        unseen = [("count", pick("count"), UNSEEN), ("color", pick("color").format(shape=o["shape"]), UNSEEN),
+                  ("shape", pick("shape").format(color=o["color"]), UNSEEN),
+                  ("motion", pick("motion").format(color=o["color"]), UNSEEN)][:2 + int(objects is not None) * 2]
+        return [unseen[int(rng.integers(len(unseen)))]] + seen
     if clip.get("picture"):
         return seen
     if objects is None:
