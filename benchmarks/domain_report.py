@@ -6,8 +6,9 @@ Prepares each clip through the API with perception (so the picture signal runs w
 installed) and prints, per group, how many lie within the bundle's domain and the range of their
 token and picture distances; each clip of --media and of the page's spoken examples on a line of its
 own. `--folder` (repeatable) adds a dataset's clips, those its qa.jsonl names (for example a
-validation split). Also prints the training pictures' own nearest-neighbour cosine distances and,
-for each clip of --media, its cosine distance to the nearest training picture.
+validation split). Also prints the training pictures' own nearest-neighbour cosine distances (photographic
+and drawn ones apart) and, for each clip of --media, its cosine distance to the nearest training picture of
+its kind.
 """
 from __future__ import annotations
 
@@ -36,14 +37,19 @@ def main() -> None:
     domain = qa.domain
     if domain is None:
         raise SystemExit(f"{qa.source} has no domain.safetensors")
-    pictures = domain.pictures
-    print(f"{qa.source}: token threshold {domain.threshold:.2f}"
-          + ("" if pictures is None else f", picture threshold {pictures.threshold:.2f} (relative)"))
-    if pictures is not None:
-        apart = 1 - pictures.points @ pictures.points.T
+    pictures = domain.pictures or domain.photographs
+    print(f"{qa.source}: token threshold {domain.threshold:.2f}")
+    kinds = (("drawn or computer-made", domain.pictures), ("photographic", domain.photographs)) if domain.split \
+        else (("all", domain.pictures),)
+    for kind, group in kinds:
+        if group is None:
+            print(f"{kind} training pictures: fewer than 2")
+            continue
+        apart = 1 - group.points @ group.points.T
         apart.fill_diagonal_(float("inf"))
         nearest = apart.min(dim=1).values
-        print("training pictures' cosine distance to their nearest other, quantiles 0.5 / 0.9 / 0.99: "
+        print(f"{kind} training pictures: {len(group.points)}, threshold {group.threshold:.2f} (relative); cosine "
+              "distance to their nearest other, quantiles 0.5 / 0.9 / 0.99: "
               + " / ".join(f"{float(torch.quantile(nearest, q)):.2f}" for q in (0.5, 0.9, 0.99)))
     media = sorted(p for p in args.media.glob("*") if p.suffix in {".mp4", ".webm", ".mkv", ".mov", ".gif"}
                    and p.name != "corrupted.mp4") if args.media.is_dir() else []
@@ -62,9 +68,13 @@ def main() -> None:
         print(line)
         for path, r in rows if each else []:
             cosine = ""
-            if pictures is not None and r.perception is not None and r.perception.concepts is not None:
-                e = F.normalize(torch.from_numpy(r.perception.concepts.embedding)[None], dim=-1)
-                cosine = f", cosine to the nearest training picture {float((1 - e @ pictures.points.T).min()):.2f}"
+            concepts = None if r.perception is None else r.perception.concepts
+            group = None if concepts is None else domain.group(concepts.photographic)
+            if group is not None:
+                e = F.normalize(torch.from_numpy(concepts.embedding)[None], dim=-1)
+                looks = "photographic" if domain.split and concepts.photographic else "drawn" if domain.split else ""
+                cosine = (f", cosine to the nearest {looks + ' ' if looks else ''}training picture "
+                          f"{float((1 - e @ group.points.T).min()):.2f}")
             picture = "" if r.picture_distance is None else f", picture {r.picture_distance:.2f}"
             print(f"    {path.name}: {'in' if r.in_domain else 'OUT'}, tokens {r.domain_distance:.2f}{picture}{cosine}")
 

@@ -99,6 +99,40 @@ def test_a_clip_that_does_not_decode_is_left_out_of_the_pictures(tmp_path):
     good = [write_clip(tmp_path / f"c{i}.mp4", tone_hz=300.0 + 100 * i) for i in range(2)]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video" * 100)
-    pictures = fit_pictures(good + [broken])
-    assert pictures.points.shape == (2, 1280)
-    assert fit_pictures(good[:1] + [broken]) is None  # too few to describe
+    drawn, photographs = fit_pictures(good + [broken])  # the test clips are flat drawings
+    assert drawn.points.shape == (2, 1280) and photographs is None
+    assert fit_pictures(good[:1] + [broken]) == (None, None)  # too few to describe
+
+
+def test_photographs_are_judged_against_the_training_photographs_and_drawings_against_the_drawings(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    # drawings far apart from one another (large radii), photographs in tight groups (one picture's pans)
+    drawings = torch.randn(60, 32, generator=g)
+    photo = torch.randn(32, generator=g)
+    pans = photo + 0.05 * torch.randn(40, 32, generator=g)
+    footage = drawings[0] + 0.6 * torch.randn(32, generator=g)  # as near a drawing as drawings are to each other
+    tokens = torch.randn(100, 4, 8, generator=g)
+    domain = Domain(*_token_fields(tokens), Pictures.fit(drawings), Pictures.fit(pans), split=True)
+    one = Domain(*_token_fields(tokens), Pictures.fit(torch.cat([drawings, pans])))  # before the split
+    assert one.judge(tokens[0], footage, photographic=True)[2] is None  # footage passed as familiar
+    _, picture, why = domain.judge(tokens[0], footage, photographic=True)
+    assert picture > domain.photographs.threshold and "picture is unlike" in why
+    assert domain.judge(tokens[0], photo + 0.05 * torch.randn(32, generator=g), photographic=True)[2] is None
+    new_drawing = torch.randn(32, generator=g)
+    assert domain.judge(tokens[0], new_drawing, photographic=False)[2] is None
+    domain.save(tmp_path)
+    again = Domain.load(tmp_path)
+    assert again.split and again.photographs.threshold == domain.photographs.threshold
+    assert again.judge(tokens[0], footage, photographic=True)[2] == why
+    # no training clip looked photographic: every photographic clip is unfamiliar, and says why
+    Domain(*_token_fields(tokens), Pictures.fit(drawings), None, split=True).save(tmp_path)
+    drawn_only = Domain.load(tmp_path)
+    assert drawn_only.split and drawn_only.photographs is None
+    _, picture, why = drawn_only.judge(tokens[0], photo, photographic=True)
+    assert picture == float("inf") and "looks like a photograph or camera footage, and fewer than 2" in why
+    assert drawn_only.judge(tokens[0], new_drawing, photographic=False)[2] is None
+
+
+def _token_fields(tokens):
+    fitted = Domain.fit(tokens)
+    return fitted.mean, fitted.std, fitted.threshold

@@ -171,9 +171,10 @@ class VideoQA:
         clip = dataclasses.replace(clip, audio=np.zeros(0, np.float32))  # the log-mel and perception hold it
         prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
         if self.domain is not None:
-            seen = None if perception is None or perception.concepts is None else perception.concepts.embedding
+            concepts = None if perception is None else perception.concepts
+            seen = None if concepts is None or concepts.embedding is None else torch.from_numpy(concepts.embedding)
             prepared.domain_distance, prepared.picture_distance, prepared.unfamiliar = self.domain.judge(
-                tokens, None if seen is None else torch.from_numpy(seen))
+                tokens, seen, photographic=concepts is not None and concepts.photographic)
             prepared.in_domain = prepared.unfamiliar is None
         with self._lock:
             self._cache[key] = prepared

@@ -11,7 +11,10 @@ Training ends by describing its clips twice:
   relative to how far that one lies from its own nearest (`Pictures.distance`), as `QUANTILE` of the
   training clips do from the rest (times the margin). A small encoder trained on synthetic clips can
   map camera footage close to a plain training picture, so its tokens alone miss what the image
-  network, trained on photographs, tells apart (the README has the figures).
+  network, trained on photographs, tells apart (the README has the figures). Pictures that look like
+  photographs or camera footage (`Concepts.photographic`) are judged against the training pictures that
+  do, drawn or computer-made ones against those: an isolated drawing lies as far from the other drawings
+  as camera footage does from it, so with one set of pictures footage near a drawing counted as familiar.
 
 A clip outside either is out of domain: answers about it are guesses. The API and the web page say so.
 
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 DOMAIN_NAME = "domain.safetensors"
 QUANTILE = 0.99
 MARGIN = 1.15  # the threshold is this times the training clips' QUANTILE distance: room for unseen clips
+_LOOKS = {True: "like a photograph or camera footage", False: "drawn or computer-made"}
 
 
 @dataclass
@@ -75,7 +79,12 @@ class Domain:
     mean: torch.Tensor  # (K*H,)
     std: torch.Tensor  # (K*H,)
     threshold: float
-    pictures: Pictures | None = None  # None where sight was not installed when the bundle was made
+    # the training pictures, where sight was installed when the bundle was made: with `split`, those drawn or
+    # computer-made here and the photographic ones in `photographs` (None where fewer than 2 training clips are
+    # of that kind); without it (bundles made before the split), every picture here
+    pictures: Pictures | None = None
+    photographs: Pictures | None = None
+    split: bool = False
 
     @classmethod
     def fit(cls, tokens: torch.Tensor) -> "Domain":
@@ -97,29 +106,42 @@ class Domain:
     def contains(self, tokens: torch.Tensor) -> bool:
         return self.distance(tokens) <= self.threshold
 
-    def judge(self, tokens: torch.Tensor, embedding: torch.Tensor | None = None
+    def judge(self, tokens: torch.Tensor, embedding: torch.Tensor | None = None, photographic: bool = False
               ) -> tuple[float, float | None, str | None]:
         """(token distance, picture distance or None, why the clip is unlike the training clips or None)
-        for a clip's tokens (K, H) and, where sight ran, its picture embedding (D,)."""
+        for a clip's tokens (K, H) and, where sight ran, its picture embedding (D,) and whether the picture
+        looks photographic."""
         distance = self.distance(tokens)
-        picture = None if self.pictures is None or embedding is None else self.pictures.distance(embedding)
         why = []
-        if picture is not None and picture > self.pictures.threshold:
-            why.append(f"its picture is unlike theirs to the image network (relative distance {picture:.1f}; "
-                       f"training clips: within {self.pictures.threshold:.1f})")
+        picture, group = None, self.group(photographic)
+        if embedding is not None and self.split and group is None:
+            picture = float("inf")
+            why.append(f"its picture looks {_LOOKS[photographic]}, and fewer than 2 of theirs do")
+        elif embedding is not None and group is not None:
+            picture = group.distance(embedding)
+            if picture > group.threshold:
+                why.append(f"its picture is unlike theirs to the image network (relative distance {picture:.1f}; "
+                           f"training clips: within {group.threshold:.1f})")
         if distance > self.threshold:
             why.append(f"its clip tokens lie {distance:.2f} from theirs (training clips: within {self.threshold:.2f})")
         return distance, picture, "; ".join(why) or None
+
+    def group(self, photographic: bool) -> Pictures | None:
+        """The training pictures a picture of this kind is judged against."""
+        return self.photographs if self.split and photographic else self.pictures
 
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 
         tensors = {"mean": self.mean.contiguous(), "std": self.std.contiguous()}
         metadata = {"threshold": repr(self.threshold)}
-        if self.pictures is not None:  # half precision: a cosine distance needs no more
-            tensors["pictures"] = self.pictures.points.half().contiguous()
-            tensors["picture_radius"] = self.pictures.radius.contiguous()
-            metadata["picture_threshold"] = repr(self.pictures.threshold)
+        if self.split:
+            metadata["split"] = "1"
+        for name, group in (("picture", self.pictures), ("photograph", self.photographs)):
+            if group is not None:  # half precision: a cosine distance needs no more
+                tensors[f"{name}s"] = group.points.half().contiguous()
+                tensors[f"{name}_radius"] = group.radius.contiguous()
+                metadata[f"{name}_threshold"] = repr(group.threshold)
         save_file(tensors, str(Path(folder) / DOMAIN_NAME), metadata=metadata)
 
     @classmethod
@@ -135,11 +157,14 @@ class Domain:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata()
-                pictures = None
-                if "pictures" in f.keys():
-                    points = F.normalize(f.get_tensor("pictures").float(), dim=-1)
-                    pictures = Pictures(points, f.get_tensor("picture_radius"), float(meta["picture_threshold"]))
-                return cls(f.get_tensor("mean"), f.get_tensor("std"), float(meta["threshold"]), pictures)
+                groups = {}
+                for name in ("picture", "photograph"):
+                    if f"{name}s" in f.keys():
+                        points = F.normalize(f.get_tensor(f"{name}s").float(), dim=-1)
+                        groups[name] = Pictures(points, f.get_tensor(f"{name}_radius"),
+                                                float(meta[f"{name}_threshold"]))
+                return cls(f.get_tensor("mean"), f.get_tensor("std"), float(meta["threshold"]),
+                           groups.get("picture"), groups.get("photograph"), meta.get("split") == "1")
         except (SafetensorError, KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{path}: not a valid domain description: {e}") from e
 
@@ -164,12 +189,16 @@ def fit_domain(model, cache, clips: int = 512, batch_size: int = 32, folder: str
     model.train(was_training)
     domain = Domain.fit(tokens)
     if folder is not None:
-        domain.pictures = fit_pictures([Path(folder) / v for v in subset.videos])
+        kinds = fit_pictures([Path(folder) / v for v in subset.videos])
+        if kinds is not None:
+            domain.pictures, domain.photographs = kinds
+            domain.split = True
     return domain
 
 
-def fit_pictures(paths: list[Path]) -> Pictures | None:
-    """The picture domain of these clip files (those that decode); None where sight is not installed."""
+def fit_pictures(paths: list[Path]) -> tuple[Pictures | None, Pictures | None] | None:
+    """The picture domains of these clip files (those that decode): (drawn or computer-made, photographic),
+    each None where fewer than 2 clips are of that kind; None where sight is not installed."""
     from .media import MediaError
     from .perception import picture_embedding, sight
 
@@ -177,13 +206,15 @@ def fit_pictures(paths: list[Path]) -> Pictures | None:
     if why is not None:
         logger.warning("%s; the bundle's out-of-domain signal reads the clip tokens alone", why)
         return None
-    embeddings = []
+    kinds: dict[bool, list[torch.Tensor]] = {False: [], True: []}
     for path in paths:
         try:
-            embeddings.append(torch.from_numpy(picture_embedding(path)))
+            embedding, photographic = picture_embedding(path)
         except (MediaError, OSError) as e:  # the bundle is trained already: a clip left out costs little
             logger.warning("out-of-domain signal: %s left out: %s", path, e)
-    return Pictures.fit(torch.stack(embeddings)) if len(embeddings) >= 2 else None
+            continue
+        kinds[photographic].append(torch.from_numpy(embedding))
+    return tuple(Pictures.fit(torch.stack(e)) if len(e) >= 2 else None for e in (kinds[False], kinds[True]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     videos = sorted({r["video"] for r in read_qa(args.data)})[: args.clips]
     domain = fit_domain(qa.model, load_features(args.data, qa.model.config, videos=videos), folder=args.data)
     domain.save(args.adapter)
-    pictures = "" if domain.pictures is None else f", picture threshold {domain.pictures.threshold:.3f}"
+    pictures = "".join(f", {name} threshold {group.threshold:.3f} ({len(group.points)} clips)" for name, group in
+                       (("picture", domain.pictures), ("photograph", domain.photographs)) if group is not None)
     print(f"wrote {Path(args.adapter) / DOMAIN_NAME}: {len(videos)} clips, threshold {domain.threshold:.3f}{pictures}")
     return 0
 

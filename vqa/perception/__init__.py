@@ -156,10 +156,12 @@ def perceive(
     return result
 
 
-def picture_embedding(path: str | Path) -> np.ndarray:
-    """What the image network sees in a clip file, as `perceive` computes it (`Concepts.embedding`)."""
+def picture_embedding(path: str | Path) -> tuple[np.ndarray, bool]:
+    """What the image network sees in a clip file, as `perceive` computes it (`Concepts.embedding`), and whether
+    the picture looks photographic (`Concepts.photographic`)."""
     clip = load_clip(Path(path), num_frames=SIGHT_FRAMES, size=sight.SIZE, audio=False)
-    return sight.classify(clip.frames, clip.timestamps).embedding
+    concepts = sight.classify(clip.frames, clip.timestamps)
+    return concepts.embedding, concepts.photographic
 
 
 def _timed(fn, *args):
