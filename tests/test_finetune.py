@@ -156,3 +156,30 @@ def test_default_steps_follow_the_dataset_size():
 
     assert default_steps(800, 8, 0.1) == 270  # 3 passes over the 720 training records
     assert default_steps(10, 8, None) == MIN_STEPS and default_steps(10 ** 6, 8, None) == MAX_STEPS
+
+
+def test_a_finetune_on_clips_marked_unfamiliar_learns_to_read_the_line(dataset, base_bundle, tmp_path):
+    import json
+
+    from vqa import bundle
+    from vqa.finetune import finetune
+    from vqa.perception import UNFAMILIAR, sight, speech
+
+    if sight.missing() or speech.missing():
+        pytest.skip(sight.missing() or speech.missing())
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    lines = (dataset / "qa.jsonl").read_text().splitlines()[:12]  # six clips, two records each
+    records = [{**json.loads(line), "video": str(dataset / json.loads(line)["video"])} for line in lines]
+    for r in records[:6]:
+        r["unfamiliar"] = True
+    (marked / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "mine"
+    finetune(str(marked), str(out), base=str(base_bundle), steps=2, batch_size=4, workers=1, progress=False,
+             perception_tokens=160)
+    assert bundle.read_config(out).unfamiliar_line  # served with the line, as it was trained
+    (texts,) = [json.loads(p.read_text()) for p in marked.glob("perception-*.json")]
+    flagged = {r["video"] for r in records[:6]}
+    assert len(flagged) == 3
+    assert {k for k in texts if k.endswith("#unfamiliar")} == {f"{v}#unfamiliar" for v in flagged}
+    assert all(UNFAMILIAR in texts[f"{v}#unfamiliar"] and UNFAMILIAR not in texts[v] for v in flagged)
