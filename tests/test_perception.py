@@ -292,6 +292,9 @@ def test_an_unfamiliar_clip_is_said_so_within_the_budget():
     # it follows what the picture looks like and comes before the transcript
     lines = marked.splitlines()
     assert lines.index(perception.UNFAMILIAR) == 3 and lines[2].startswith("Seen")
+    # a budget that holds the summary but not the line too: the summary without it, not an error
+    summary = words(p.to_text(10_000, count=words).split("\n[")[0])  # the lines before the transcript
+    assert p.to_text(summary + 2, count=words, unfamiliar=True).count(perception.UNFAMILIAR) == 0
 
 
 def test_perception_text_goes_after_the_clip_tokens():

@@ -72,6 +72,9 @@ class Perception:
             else:
                 lines.append("Speech: no words heard.")
         text = "\n".join(lines)
+        if unfamiliar and count(text) > max_tokens:  # a budget that fits the summary alone keeps working
+            lines.remove(UNFAMILIAR)
+            text = "\n".join(lines)
         if count(text) > max_tokens:
             raise ValueError(f"max_tokens={max_tokens} is too small for the perception summary ({count(text)} tokens)")
         if self.transcript is None or no_track:
