@@ -194,16 +194,14 @@ class VideoQA:
         context = self._context(prepared)
         one, two = (self.model.encode_prompt(_messages([], q, context)) for q in ("A", "B"))
         n = common_prefix(one.input_ids.tolist(), two.input_ids.tolist())
-        ids = one.input_ids[:n].tolist()
-        cache = self.prefixes.take(decoder, prepared.key, ids)
+        shared = EncodedPrompt(one.input_ids[:n], one.labels[:n], one.video_mask[:n])
+        cache = self.prefixes.take(decoder, prepared.key, shared.input_ids.tolist())
         if cache is not None and cache.length >= n:
             self.prefixes.put(decoder, cache)
             return 0
         cache = cache or decoder.new_cache(capacity=n + 64, key=prepared.key)
         before = cache.length
-        with torch.no_grad():
-            shared = EncodedPrompt(one.input_ids[:n], one.labels[:n], one.video_mask[:n])
-            self.model.prefill(prepared.tokens, shared, cache, decoder)
+        self.model.prefill(prepared.tokens, shared, cache, decoder)
         self.prefixes.put(decoder, cache)
         return n - before
 

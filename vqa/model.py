@@ -153,11 +153,13 @@ class VideoLLM(nn.Module):
             return self._decoder[1]
 
     @torch.no_grad()
-    def prefill(self, video_tokens: torch.Tensor, prompt: EncodedPrompt, cache: KVCache, decoder: Decoder) -> None:
-        """Bring `cache` to a prompt's positions (lean decoder), computing only those it does not hold."""
-        embeds = self.embed(prompt.input_ids[None].to(self.device), prompt.video_mask[None].to(self.device),
-                            video_tokens.unsqueeze(0))
-        decoder.prefill(prompt.input_ids.tolist(), embeds.float(), cache)
+    def prefill(self, video_tokens: torch.Tensor | None, prompt: EncodedPrompt, cache: KVCache, decoder: Decoder
+                ) -> torch.Tensor:
+        """Bring `cache` to a prompt's positions (lean decoder), computing only those it does not hold;
+        returns the last position's logits (1, V). video_tokens: (K, H) or None (blind)."""
+        tokens = None if video_tokens is None else video_tokens.unsqueeze(0)
+        embeds = self.embed(prompt.input_ids[None].to(self.device), prompt.video_mask[None].to(self.device), tokens)
+        return decoder.prefill(prompt.input_ids.tolist(), embeds.float(), cache)
 
     @torch.no_grad()
     def stream(
@@ -181,12 +183,9 @@ class VideoLLM(nn.Module):
             yield from self._stream_generate(video_tokens, messages, max_new_tokens, temperature, top_p)
             return
         prompt = self.encode_prompt(messages, blind=video_tokens is None)
-        ids = prompt.input_ids.tolist()
         if cache is None:
-            cache = decoder.new_cache(capacity=len(ids) + max_new_tokens)
-        tokens = None if video_tokens is None else video_tokens.unsqueeze(0)
-        embeds = self.embed(prompt.input_ids[None].to(self.device), prompt.video_mask[None].to(self.device), tokens)
-        logits = decoder.prefill(ids, embeds.float(), cache)
+            cache = decoder.new_cache(capacity=len(prompt.input_ids) + max_new_tokens)
+        logits = self.prefill(video_tokens, prompt, cache, decoder)
         new: list[int] = []
         shown = ""
         for token in decoder.stream(logits, cache, self.stop_ids, max_new_tokens, temperature, top_p):

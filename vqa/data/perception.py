@@ -38,9 +38,9 @@ def perception_texts(folder: str | Path, videos: list[str], max_tokens: int, tok
     key = hashlib.sha256(json.dumps([FORMAT, max_tokens, llm]).encode()).hexdigest()[:12]
     path = folder / f"{PREFIX}{key}.json"
     texts = json.loads(path.read_text()) if path.is_file() else {}
-    wanted = [text_key(v, v in unfamiliar) for v in dict.fromkeys(videos)]
-    wanted += [v for v in dict.fromkeys(videos) if v in unfamiliar]  # the plain text too (generators check it)
-    missing = [k for k in dict.fromkeys(wanted) if k not in texts]
+    videos = list(dict.fromkeys(videos))  # every plain text (generators check it), and the marked ones
+    wanted = videos + [text_key(v, True) for v in videos if v in unfamiliar]
+    missing = [k for k in wanted if k not in texts]
     if not missing:
         return texts
 
