@@ -10,7 +10,8 @@ page's example questions, fast mode with and without lookahead. A prompt, and a 
 through the widened GEMMs and through the int8 kernel. First token: a new 10 s 720p clip (decode, features, encoder,
 prompt), a chat's follow-up question, and the first question on a clip warmed after it was prepared (as
 the page and `vqa chat` do while the user types). Clip-ready: `VideoQA.prepare` on that clip, whole and
-split into decoding, features and encoder. Batches: `ask_many` against one question at a time.
+split into decoding, features and encoder; both again with perception off, where the bundle reads it.
+Batches: `ask_many` against one question at a time.
 """
 from __future__ import annotations
 
@@ -177,7 +178,8 @@ def main() -> None:
 
     from vqa.api import PrefixPool, VideoQA, _messages
     from vqa.features import clip_features
-    from vqa.media import load_clip
+    from vqa.media import load_views
+    from vqa.perception import SIGHT_FRAMES, sight, speech
 
     rows = []
     t0 = time.perf_counter()
@@ -216,14 +218,17 @@ def main() -> None:
         # ---- clip-ready and first tokens ----
         media = model.config.media
         ready, dec_s, feat_s, enc_s, first_new, first_follow, warm_s, first_warm = ([] for _ in range(8))
+        ready_blind, first_blind = [], []  # perception off: the clip tokens alone
+        views = [(media.num_frames, media.size)] + ([(SIGHT_FRAMES, sight.SIZE)] if qa.perception else [])
         for _ in range(args.repeats):
             qa._cache.clear()
             qa.prefixes = PrefixPool(qa.prefixes.max_bytes)
+            speech.forget()  # each time a new clip: Whisper keeps its last encoder output
             t = time.perf_counter()
             qa.prepare(clip)
             ready.append(time.perf_counter() - t)
             t = time.perf_counter()
-            c = load_clip(clip, num_frames=media.num_frames, size=media.size)
+            c = load_views(clip, views)[0]
             dec_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             frames, mel = clip_features(c, media, mel_frames=model.config.encoder.audio_frames)
@@ -233,20 +238,33 @@ def main() -> None:
                 model.get_video_features(frames[None], mel[None])
             enc_s.append(time.perf_counter() - t)
             qa._cache.clear()
+            speech.forget()
             first_new.append(first_piece(qa.stream(clip, QUESTION, max_new_tokens=32)))
             chat = qa.chat(clip)
             chat.ask(QUESTION, max_new_tokens=32)
             first_follow.append(first_piece(chat.stream("And what is heard?", max_new_tokens=32)))
             qa._cache.clear()  # as the page and `vqa chat` do: prepare, warm, then the user's first question
             qa.prefixes = PrefixPool(qa.prefixes.max_bytes)
+            speech.forget()
             prepared = qa.prepare(clip)
             t = time.perf_counter()
             qa.warm(prepared)
             warm_s.append(time.perf_counter() - t)
             first_warm.append(first_piece(qa.stream(prepared, QUESTION, max_new_tokens=32)))
+            if qa.perception:
+                qa.perception = False
+                qa._cache.clear()
+                qa.prefixes = PrefixPool(qa.prefixes.max_bytes)
+                t = time.perf_counter()
+                qa.prepare(clip)
+                ready_blind.append(time.perf_counter() - t)
+                qa._cache.clear()
+                first_blind.append(first_piece(qa.stream(clip, QUESTION, max_new_tokens=32)))
+                qa.perception = True
         rows += [
             ("clip ready, 10 s 720p (prepare)", f"{min(ready) * 1e3:.0f} ms", ""),
-            ("  decode (load_clip)", f"{min(dec_s) * 1e3:.0f} ms", ""),
+            ("  decode (load_views: the model's frames, sight's, the audio)" if qa.perception
+             else "  decode (load_clip)", f"{min(dec_s) * 1e3:.0f} ms", ""),
             ("  features (frames, log-mel)", f"{min(feat_s) * 1e3:.0f} ms", ""),
             ("  encoder + projector", f"{min(enc_s) * 1e3:.0f} ms", ""),
             ("first token, new 10 s 720p clip", f"{min(first_new) * 1e3:.0f} ms", ""),
@@ -254,6 +272,9 @@ def main() -> None:
             ("prefix warmed after clip ready (`VideoQA.warm`)", f"{min(warm_s) * 1e3:.0f} ms", ""),
             ("first token, first question on a warmed clip", f"{min(first_warm) * 1e3:.0f} ms", ""),
         ]
+        if ready_blind:
+            rows += [("perception off: clip ready, 10 s 720p", f"{min(ready_blind) * 1e3:.0f} ms", ""),
+                     ("perception off: first token, new 10 s 720p clip", f"{min(first_blind) * 1e3:.0f} ms", "")]
 
         # ---- batches ----
         questions = ["What color is the object that beeps?", "How many objects are there?", "Is there a sound?",

@@ -74,6 +74,7 @@ def timing(folder: Path, qa=None) -> None:
         qa.perception, runs = perception, []
         for _ in range(3):
             qa._cache.clear()
+            speech.forget()  # a new clip each time: Whisper keeps its last encoder output
             start = time.perf_counter()
             prepared = qa.prepare(path)
             runs.append((time.perf_counter() - start, prepared.perception))

@@ -264,3 +264,19 @@ def test_a_warmed_clip_leaves_its_first_question_only_its_own_tokens(qa, clip, m
     assert qa.ask(prepared, question, max_new_tokens=12) == cold  # the same answer
     ids = qa.model.encode_prompt(vqa.api._messages([], question, qa._context(prepared))).input_ids
     assert rows[0] == len(ids) - n < 16  # the prompt computed only the question's own tokens
+
+
+def test_perception_sees_the_frames_decoded_beside_the_model(qa, clip, monkeypatch):
+    from vqa import media
+    from vqa.perception import perceive, sight
+
+    if sight.missing():
+        pytest.skip(sight.missing())
+    seeing = VideoQA(qa.model, perception=True)
+    passes, sample = [], media._sample_frames
+    monkeypatch.setattr(media, "_sample_frames", lambda *a, **k: passes.append(a[6]) or sample(*a, **k))
+    prepared = seeing.prepare(clip)
+    assert passes == [qa.config.media.size]  # one pass over the file for the model's frames and sight's
+    alone = perceive(clip)  # perception on its own decodes the file again, at its own size
+    assert passes[1:] == [sight.SIZE]
+    assert prepared.perception.to_text() == alone.to_text() and prepared.perception.concepts.frame_top

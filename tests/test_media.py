@@ -16,7 +16,7 @@ from tests.conftest import shared_media
 from vqa import media
 from vqa.media import (
     _AUDIO_CHUNK, Clip, MediaError, _audio_frame_by_frame, _audio_through_graph, _keyframe_lookup, _prefer_seek,
-    load_clip,
+    load_clip, load_views,
 )
 
 T, S, FPS, N = 8, 32, 10, 20  # sampled frames, output side; generated clips: 10 fps, 20 frames
@@ -200,6 +200,45 @@ def test_long_clip_seeks_and_keeps_frames_near_their_targets(folder):
     targets = (np.arange(16) + 0.5) * slot
     assert np.all(clip.timestamps <= targets + 1e-6) and np.all(targets - clip.timestamps <= slot / 2 + 1e-6)
     assert codes(clip) == [int(t + 1e-6) for t in clip.timestamps]
+
+
+def test_views_read_through_match_separate_loads(folder):
+    # read through (one keyframe): every view gets exactly the frames its own load_clip would
+    path = mf.write_video(folder / "views.mp4", num_frames=40, audio=dict(codec="aac", rate=44100, layout="mono",
+                                                                           freq=440.0))
+    small, large = load_views(path, [(T, S), (5, 48)])
+    alone_small, alone_large = load_clip(path, T, S), load_clip(path, 5, 48)
+    assert small.frames.shape == (T, S, S, 3) and large.frames.shape == (5, 48, 48, 3)
+    for view, alone in ((small, alone_small), (large, alone_large)):
+        assert np.array_equal(view.frames, alone.frames) and np.array_equal(view.timestamps, alone.timestamps)
+    assert large.audio is small.audio and np.array_equal(small.audio, alone_small.audio)
+    assert codes(large) == expected_codes(large, n=40)
+
+
+def test_views_of_a_sought_clip_keep_the_first_exact(folder):
+    # seeking through a long clip: the first view is load_clip's, the other takes frames near its own times
+    path = mf.write_video(folder / "long_views.mp4", size=(32, 32), fps=FPS, gop=20,
+                          codes=[i // FPS for i in range(120 * FPS)])
+    first, other = load_views(path, [(16, S), (6, 48)], audio=False)
+    alone = load_clip(path, 16, S, audio=False)
+    assert np.array_equal(first.frames, alone.frames) and np.array_equal(first.timestamps, alone.timestamps)
+    slot = first.duration / 6
+    targets = (np.arange(6) + 0.5) * slot
+    assert np.all(np.abs(other.timestamps - targets) <= slot / 2 + 1e-6)
+    assert codes(other) == [int(t + 1e-6) for t in other.timestamps]
+
+
+def test_views_of_a_still_image_and_bad_arguments(folder):
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :30] = 255
+    path = mf.write_image(folder / "still.png", image)
+    small, large = load_views(path, [(3, 8), (2, 20)])
+    assert small.frames.shape == (3, 8, 8, 3) and large.frames.shape == (2, 20, 20, 3) and large.duration == 0
+    assert np.array_equal(large.frames[0], large.frames[1])
+    with pytest.raises(ValueError, match="at least one"):
+        load_views(path, [])
+    with pytest.raises(ValueError, match="size must be"):
+        load_views(path, [(3, 8), (2, 0)])
 
 
 def test_long_clip_without_index_seeks_by_timestamp(folder):

@@ -15,7 +15,8 @@ from vqa import perception
 from vqa.cache import MARKER
 from vqa.perception import Perception, perceive, sight, speech
 from vqa.perception.effnet_lite import EfficientNetLite, fold_batchnorm
-from vqa.perception.sound import describe
+from vqa.perception.sound import describe, tonal_share
+from vqa.perception.sound import silent as sound_silent
 from vqa.perception.speech import Segment, Transcript
 from vqa.prompt import with_video
 
@@ -201,6 +202,11 @@ def test_sound_without_a_track_and_loudness():
     assert not s.silent and s.loudness == "loud" and s.level_db == pytest.approx(-9.0, abs=0.2)
     assert s.speech is None  # speech recognition off: unknown, not "no"
     assert describe(np.zeros(100, np.float32), 16000, False, None).labels == ["no audio track"]
+    assert sound_silent(quiet, 16000, True) and not sound_silent(loud, 16000, True)
+    assert sound_silent(loud, 16000, False)  # no track
+    # the harmonic share computed beside the transcription gives the same description as computed here
+    assert describe(loud, 16000, True, None, tonal=tonal_share(loud)) == s
+    assert describe(loud, 16000, True, None, tonal=0.0).music != s.music  # and it is the share used
 
 
 @needs_sight

@@ -15,6 +15,7 @@ _EXPORTS = {
     "VideoQA": "vqa.api",
     "Chat": "vqa.api",
     "load_clip": "vqa.media",
+    "load_views": "vqa.media",
     "Clip": "vqa.media",
     "MediaError": "vqa.media",
     "BundleError": "vqa.bundle",

@@ -15,12 +15,14 @@ clips while they decode, and the question and history are bounded in tokens
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +35,7 @@ from .config import ModelConfig
 from .decoder import KVCache, common_prefix
 from .features import clip_features
 from .limits import MAX_CONVERSATION_TOKENS, MAX_QUESTION_TOKENS, check_history, check_question, fit_history
-from .media import Clip, MediaError, load_clip
+from .media import Clip, MediaError, load_clip, load_views
 from .prompt import EncodedPrompt, with_video
 
 if TYPE_CHECKING:
@@ -153,21 +155,31 @@ class VideoQA:
             self._check_duration(hit.clip, video)
             return hit
         media = self.config.media
+        seen = None  # the frames perception's image network takes, decoded beside the model's
         if isinstance(video, Clip):
             clip = video
             self._check_duration(clip, video)
+        elif self.perception and media.sample_rate == 16_000:  # perception reuses the audio
+            from .perception import SIGHT_FRAMES, sight
+
+            views = [(media.num_frames, media.size)] + ([(SIGHT_FRAMES, sight.SIZE)] if sight.missing() is None else [])
+            clip, *more = load_views(video, views, max_duration=self.max_duration)
+            seen = more[0] if more else clip
         else:
             clip = load_clip(video, num_frames=media.num_frames, size=media.size, max_duration=self.max_duration)
-        frames, mel = clip_features(clip, media, mel_frames=self.config.encoder.audio_frames)
-        with torch.no_grad():
-            device = self.model.device
-            tokens = self.model.get_video_features(frames[None].to(device), mel[None].to(device))[0]
-        perception = None
-        if self.perception:
-            from .perception import perceive
+        with ThreadPoolExecutor(max_workers=1) as pool:  # perception beside the encoder
+            perceived = None
+            if self.perception:
+                from .perception import perceive
 
-            perception = perceive(video, clip=None if isinstance(video, Clip) else _perception_clip(clip),
-                                  progress=progress)
+                # in the caller's context: a web page's progress bar is found through context variables
+                perceived = pool.submit(contextvars.copy_context().run, perceive, video,
+                                        clip=None if isinstance(video, Clip) else seen, progress=progress)
+            frames, mel = clip_features(clip, media, mel_frames=self.config.encoder.audio_frames)
+            with torch.no_grad():
+                device = self.model.device
+                tokens = self.model.get_video_features(frames[None].to(device), mel[None].to(device))[0]
+            perception = None if perceived is None else perceived.result()
         clip = dataclasses.replace(clip, audio=np.zeros(0, np.float32))  # the log-mel and perception hold it
         prepared = PreparedClip(key, clip, frames, mel, tokens, perception)
         if self.domain is not None:
@@ -363,11 +375,6 @@ def _messages(history: list[dict], question: str, perception: str = "") -> list[
         turns[0]["content"] = with_video(turns[0]["content"], perception)
         return turns + [{"role": "user", "content": question}]
     return [{"role": "user", "content": with_video(question, perception)}]
-
-
-def _perception_clip(clip: Clip) -> Clip | None:
-    """The model's decoded clip, reused by perception for its audio (perception decodes its own larger frames)."""
-    return clip if clip.sample_rate == 16000 else None
 
 
 def _content_key(video, config: ModelConfig) -> str:

@@ -102,10 +102,28 @@ def load_clip(
     Raises `MediaError` for a missing, empty, truncated or non-media file, one with no
     video stream or no decodable frame, or one longer than `max_duration`.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    return load_views(path, [(num_frames, size)], sample_rate, audio, max_duration)[0]
+
+
+def load_views(
+    path: str | Path,
+    views: list[tuple[int, int]],
+    sample_rate: int = MediaConfig.sample_rate,
+    audio: bool = True,
+    max_duration: float | None = None,
+) -> list[Clip]:
+    """`load_clip` for several (num_frames, size) views of one file, decoding it once: the first view
+    is sampled exactly as `load_clip` samples it; each other view takes, for each of its times, the
+    frame on screen then where that decoding runs through it, else the nearest frame it decoded
+    (a clip that is sought through, see the module docstring). The clips share one audio array.
+    For a model's small frames beside an image network's larger ones."""
+    if not views:
+        raise ValueError("views must name at least one (num_frames, size)")
+    for num_frames, size in views:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
     if max_duration is not None and not max_duration > 0:
         raise ValueError(f"max_duration must be > 0 seconds, got {max_duration}")
     path = Path(path)
@@ -116,13 +134,13 @@ def load_clip(
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: the file is empty (0 bytes)")
     try:
-        return _load(path, num_frames, size, sample_rate, audio, max_duration)
+        return _load(path, views, sample_rate, audio, max_duration)
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot be decoded: {e}") from e
 
 
-def _load(path: Path, num_frames: int, size: int, sample_rate: int, with_audio: bool,
-          max_duration: float | None = None) -> Clip:
+def _load(path: Path, views: list[tuple[int, int]], sample_rate: int, with_audio: bool,
+          max_duration: float | None = None) -> list[Clip]:
     with _open(path) as container:
         video = _pick_stream(container.streams.video, "video")
         if video is None:
@@ -158,26 +176,29 @@ def _load(path: Path, num_frames: int, size: int, sample_rate: int, with_audio: 
             indexed=len(audio.index_entries) > 0 or len(video.index_entries) > 0,
         )
 
+    (num_frames, size), others = views[0], views[1:]
     targets = (np.arange(num_frames) + 0.5) * duration / num_frames  # (T,) seconds
+    riders = [_Riders((np.arange(n) + 0.5) * duration / n, s) for n, s in others]
     # The audio decodes in a second thread while the frames are sampled: FFmpeg releases the GIL.
     with ThreadPoolExecutor(max_workers=1) as pool:
         sound = None if audio_info is None else pool.submit(
             _read_audio_or_none, path, audio_info, sample_rate, start, duration, max_duration)
-        picks, rotation = _sample_frames(path, video_index, start, duration, fps, targets, size, allow_seek=timed)
+        picks, rotation = _sample_frames(path, video_index, start, duration, fps, targets, size, allow_seek=timed,
+                                         riders=riders)
         if not picks:
             raise MediaError(f"{path}: no video frame could be decoded ({codec})")
         sound = None if sound is None else sound.result()
-    timestamps = np.array([t for t, _ in picks], dtype=np.float64)  # (T,)
-    frames = np.stack([img for _, img in picks])  # (T, S, S, 3)
     if rotation % 180:
         width, height = height, width
     has_audio = sound is not None
     if sound is None:
         sound = np.zeros(int(round(duration * sample_rate)), dtype=np.float32)
-    return Clip(
-        path=str(path), frames=frames, timestamps=timestamps, audio=sound, sample_rate=sample_rate,
-        has_audio=has_audio, duration=duration, width=width, height=height, fps=fps, rotation=rotation,
-    )
+    return [
+        Clip(path=str(path), frames=np.stack([img for _, img in view]), timestamps=np.array([t for t, _ in view]),
+             audio=sound, sample_rate=sample_rate, has_audio=has_audio, duration=duration, width=width,
+             height=height, fps=fps, rotation=rotation)
+        for view in [picks] + [r.picks for r in riders]
+    ]
 
 
 @dataclass
@@ -303,8 +324,8 @@ def _decode(container, stream, budget: _Budget) -> Iterator:
 class _FrameReader:
     """The frames of one video stream in presentation order, as (seconds from start, frame), with seeking."""
 
-    def __init__(self, container, stream, start: float, fps: float, budget: _Budget):
-        self.container, self.stream, self.start, self.budget = container, stream, start, budget
+    def __init__(self, container, stream, start: float, fps: float, budget: _Budget, watch: list[_Riders] = ()):
+        self.container, self.stream, self.start, self.budget, self.watch = container, stream, start, budget, watch
         self.step = 1.0 / fps if fps > 0 else 0.0
         self.position = 0.0  # time of the last frame consumed; a fresh decoder starts at the file's start
         self._frames = self._timed(_decode(container, stream, budget))
@@ -316,6 +337,8 @@ class _FrameReader:
         for frame in frames:
             t = frame.time - self.start if frame.time is not None else (
                 last + self.step if last is not None else 0.0)
+            for rider in self.watch:
+                rider.see(t, frame, fresh=last is None)
             last = t
             yield t, frame
 
@@ -427,13 +450,53 @@ class _Squarer:
         return img
 
 
+class _Riders:
+    """Another view's frames, taken from what the first view's decoding passes: for each time, the frame on
+    screen then where the decoder runs through it (the last frame at or before it, decoded just before one
+    after it), else the decoded frame nearest to it."""
+
+    def __init__(self, targets: np.ndarray, size: int):
+        self.targets, self.size = targets, size
+
+    def reset(self) -> None:
+        self.exact: list = [None] * len(self.targets)  # (time, frame)
+        self.near: list = [None] * len(self.targets)  # (distance, time, frame)
+        self.last = None
+        self.picks: list = []
+
+    def see(self, t: float, frame, fresh: bool) -> None:
+        """Every decoded frame in decoding order; `fresh` after a seek (or at the start)."""
+        if fresh:
+            self.last = None
+        for i, e in enumerate(self.targets):
+            if self.exact[i] is None and t > e + 1e-6 and self.last is not None and self.last[0] <= e + 1e-6:
+                self.exact[i] = self.last
+            if self.near[i] is None or abs(t - e) < self.near[i][0]:
+                self.near[i] = (abs(t - e), t, frame)
+        self.last = (t, frame)
+
+    def finish(self, stream) -> None:
+        square = _Squarer(stream, self.size)
+        for i in range(len(self.targets)):
+            got = self.exact[i] or (self.near[i] and self.near[i][1:])
+            if got is None:  # the first view decoded nothing at all
+                self.picks = []
+                return
+            self.picks.append((got[0], square(got[1])))
+        self.exact = self.near = self.last = None  # the decoder's frames are not kept
+
+
 def _sample_frames(path: Path, index: int, start: float, duration: float, fps: float,
-                   targets: np.ndarray, size: int, allow_seek: bool = True) -> tuple[list, int]:
-    """(time, image) for each target, and the rotation applied; [] when nothing decodes."""
+                   targets: np.ndarray, size: int, allow_seek: bool = True,
+                   riders: list[_Riders] = ()) -> tuple[list, int]:
+    """(time, image) for each target, and the rotation applied; [] when nothing decodes. `riders` watch
+    every decoded frame for their own times and square theirs at the end."""
     budget = _Budget(_MAX_PACKETS_BASE + int(duration * _MAX_PACKETS_PER_SECOND))
+    for rider in riders:
+        rider.reset()
     with _open(path) as container:
         stream = container.streams[index]
-        reader = _FrameReader(container, stream, start, fps, budget)
+        reader = _FrameReader(container, stream, start, fps, budget, watch=riders)
         square = _Squarer(stream, size)
         snap = duration / len(targets) / 2
         keyframe_before = _keyframe_lookup(stream)
@@ -445,10 +508,12 @@ def _sample_frames(path: Path, index: int, start: float, duration: float, fps: f
                     got = reader.seek_frame(t, snap)
                 except av.FFmpegError as e:  # the format cannot seek: read it through instead
                     log.debug("%s: seeking failed, reading through: %s", path, e)
-                    return _sample_frames(path, index, start, duration, fps, targets, size, allow_seek=False)
+                    return _sample_frames(path, index, start, duration, fps, targets, size, False, riders)
             else:
                 got = reader.frame_at(t)
             picked.append(None if got is None else (got[0], square(got[1])))
+        for rider in riders:
+            rider.finish(stream)
     rotation = square.rotation or 0
     known = [i for i, p in enumerate(picked) if p is not None]
     if not known:

@@ -144,18 +144,23 @@ def perceive(
             logger.warning(why)
             _noticed.add(why)
     result = Perception(None, None, None, clip.duration or len(clip.audio) / clip.sample_rate, list(off.values()))
-    with ThreadPoolExecutor(max_workers=1) as pool:  # speech beside sight: Whisper's decoding leaves cores idle
+    tonal, tonal_s = None, 0.0
+    # speech beside sight and the sound's spectrum: Whisper's decoding leaves cores idle
+    with ThreadPoolExecutor(max_workers=1) as pool:
         heard = None
         if "speech" in senses and "speech" not in off:
             # in the caller's context: a web page's progress bar is found through context variables
             heard = pool.submit(contextvars.copy_context().run, _timed, _transcribe, clip, progress)
         if "sight" in senses and "sight" not in off:
             result.concepts, result.seconds["sight"] = _timed(lambda: sight.classify(*_sight_frames(clip, path)))
+        if "sound" in senses and not sound.silent(clip.audio, clip.sample_rate, clip.has_audio):
+            tonal, tonal_s = _timed(sound.tonal_share, clip.audio)
         if heard is not None:
             result.transcript, result.seconds["speech"] = heard.result()
     if "sound" in senses:
-        result.sound, result.seconds["sound"] = _timed(
-            sound.describe, clip.audio, clip.sample_rate, clip.has_audio, result.transcript)
+        result.sound, seconds = _timed(
+            sound.describe, clip.audio, clip.sample_rate, clip.has_audio, result.transcript, tonal)
+        result.seconds["sound"] = round(seconds + tonal_s, 3)
     return result
 
 

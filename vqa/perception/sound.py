@@ -76,19 +76,26 @@ def tonal_share(audio: np.ndarray, audible: float = SILENT_DB) -> float:
     return float(harmonic[:, loud].sum() / (power[:, loud].sum() + 1e-20))
 
 
-def describe(audio: np.ndarray, sample_rate: int, has_audio: bool, transcript: Transcript | None) -> Sound:
-    """The sound of a clip. audio: (L,) float32 mono; transcript: speech.transcribe's, None when speech is off."""
+def silent(audio: np.ndarray, sample_rate: int, has_audio: bool) -> bool:
+    """Whether the clip is silent as `describe` judges it (no track, or 95 % of its frames under SILENT_DB)."""
+    return not has_audio or bool(np.percentile(frame_db(audio, sample_rate), 95) < SILENT_DB)
+
+
+def describe(audio: np.ndarray, sample_rate: int, has_audio: bool, transcript: Transcript | None,
+             tonal: float | None = None) -> Sound:
+    """The sound of a clip. audio: (L,) float32 mono; transcript: speech.transcribe's, None when speech is off;
+    tonal: `tonal_share(audio)` where it was computed already (beside the transcription)."""
     levels = frame_db(audio, sample_rate) if has_audio else np.full(1, FLOOR_DB)
-    silent = not has_audio or bool(np.percentile(levels, 95) < SILENT_DB)
+    is_silent = not has_audio or bool(np.percentile(levels, 95) < SILENT_DB)
     audible = levels[levels >= SILENT_DB]
     level = float(10 * np.log10(np.mean(10 ** (audible / 10)))) if len(audible) else FLOOR_DB
     peak = float(levels.max())
-    if silent:
+    if is_silent:
         return Sound(has_audio, True, level, peak, None if transcript is None else False, 0.0, False, 0.0, "")
     speech_s = 0.0 if transcript is None else sum(s.end - s.start for s in transcript.segments)
     duration = len(audio) / sample_rate
     tags = [] if transcript is None else [e.text for e in transcript.events if "music" in e.text.lower() or "♪" in e.text]
-    tonal = tonal_share(audio)
+    tonal = tonal_share(audio) if tonal is None else tonal
     if tags:
         cue = f"Whisper wrote {tags[0]}"
     elif tonal >= TONAL_MUSIC and speech_s < 0.5 * duration:

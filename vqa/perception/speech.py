@@ -145,6 +145,13 @@ def load_model():
     return OneEncode(str(model_folder()), device="cpu", compute_type="int8", cpu_threads=torch.get_num_threads())
 
 
+def forget() -> None:
+    """Drop the encoder output kept from the last transcription, so that the same sound is encoded anew
+    (a benchmark timing a new clip)."""
+    if load_model.cache_info().currsize:
+        load_model()._last = None
+
+
 def short_window(features: np.ndarray) -> np.ndarray:
     """A (..., n_mels, 3000) window padded with zero columns, cut to its sound plus WINDOW_MARGIN frames
     (whole seconds, at least MIN_WINDOW): Whisper's encoder then spends its time, which grows faster
