@@ -59,6 +59,9 @@ def test_chat_keeps_history_and_encodes_once(qa, clip, monkeypatch):
     assert encoded == []
     chat.reset()
     assert chat.history == []
+    again = qa.chat(chat.prepared)  # a prepared clip starts a chat as it is
+    assert again.prepared is chat.prepared and encoded == []
+    assert again.ask("Describe the clip.", max_new_tokens=8) == a1
 
 
 def test_threads_get_the_same_answers_as_serial_calls(qa, clip):

@@ -290,8 +290,9 @@ class VideoQA:
                                                prompts, batch_size, max_new_tokens)
         return [a.strip() for a in answers]
 
-    def chat(self, video) -> "Chat":
-        return Chat(self, self.prepare(video))
+    def chat(self, video: str | Path | Clip | PreparedClip) -> "Chat":
+        """A conversation about one clip (a path, a decoded Clip, or a clip `prepare` returned)."""
+        return Chat(self, video if isinstance(video, PreparedClip) else self.prepare(video))
 
     def _context(self, prepared: PreparedClip) -> str:
         """The perception text the LLM reads after the clip tokens ("" where perception is off)."""
