@@ -134,8 +134,8 @@ class VideoLLM(nn.Module):
             return None
         # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
         # and PEFT's disable_adapter() or set_adapter() switch LoRA layers without touching a tensor;
-        # one pass over the modules, since this runs before every answer (a plain walk: Module.modules()'s
-        # generators cost three times as much)
+        # one pass over the modules, since this runs before every answer (a plain walk over their dicts:
+        # Module.modules()'s generators cost more)
         lora, params, stack = [], [], [self.llm]
         while stack:
             m = stack.pop()
