@@ -124,14 +124,22 @@ def test_speech_after_a_pause_keeps_its_times_and_encodes_once(monkeypatch):
         said = speak("Please open the red door, then close the window and feed the cat.", "en")
         transcript = speech.transcribe(np.concatenate([np.zeros(3 * RATE, np.float32), said]))
         long_calls, calls[:] = calls[:], []
-        speech.transcribe(speak("Hello there.", "en"))
+        hello = speak("Hello there.", "en")
+        speech.transcribe(hello)
+        short_calls, calls[:] = calls[:], []
+        speech.transcribe(hello)  # the same sound again: the kept encoder output serves it
+        again, calls[:] = calls[:], []
+        speech.forget()  # as for a new clip: encoded anew
+        speech.transcribe(hello)
+        forgotten = calls[:]
     finally:
         speech.load_model.cache_clear()
     assert "red door" in transcript.text.lower() and transcript.language == "en"
     # the VAD's cut-out pause is put back: the words start after it
     assert 2.5 < transcript.segments[0].start < 4.0 and transcript.speech_spans[0][0] > 2.5
     assert len(long_calls) == 1 and long_calls[0][-1] < 3000  # language and words from one short window
-    assert [c[-1] for c in calls] == [3000]  # under SHORT_SPEECH seconds: the whole window, once
+    assert [c[-1] for c in short_calls] == [3000]  # under SHORT_SPEECH seconds: the whole window, once
+    assert again == [] and forgotten == short_calls
 
 
 def test_short_window_keeps_the_sound_and_a_margin():
