@@ -210,6 +210,29 @@ def test_unfamiliar_clips_say_what_the_classifier_sees_and_not_what_the_tokens_w
 
 
 @needs_espeak
+def test_the_contrast_recipe_holds_back_on_every_object_question_and_repeats_the_clip_unmarked(tmp_path):
+    from vqa.spoken.generate import generate
+
+    scene = [{"shape": "circle", "color": "red", "size": "small", "motion": "left", "beeps": False}]
+    clip = {"id": "x", "video": "clips/x.mp4", "sound": "music", "objects": scene, "unfamiliar": True, "seen": []}
+    held = {kind for kind, _, a in questions.questions(clip, np.random.default_rng(0), 30, hold_back=True)
+            if a == questions.UNSEEN}
+    assert held == {"count", "color", "shape", "motion"}
+    gradient = {**clip, "objects": None}
+    assert {kind for kind, _, a in questions.questions(gradient, np.random.default_rng(0), 30, hold_back=True)
+            if a == questions.UNSEEN} == {"count", "color"}
+    if espeak_missing() is not None:
+        pytest.skip(espeak_missing())
+    generate(tmp_path, num_clips=6, seed=2, avsynth=0.0, per_clip=30, perception_tokens=0, progress=False,
+             unfamiliar=0.5, contrast=True)
+    rows = [json.loads(line) for line in (tmp_path / "qa.jsonl").read_text().splitlines()]
+    marked = {r["video"] for r in rows if r.get("unfamiliar")}
+    plain = [r for r in rows if r["id"].endswith("-plain")]
+    assert marked and {r["video"] for r in plain} == marked  # each marked clip again, unmarked
+    assert not any(r.get("unfamiliar") or r["conversations"][1]["value"] == questions.UNSEEN for r in plain)
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
 def test_the_unfamiliar_mark_is_its_own_draw(tmp_path):
     from vqa.spoken.generate import make_clip
 

@@ -1,7 +1,7 @@
 """Write a spoken-clips dataset: DIR/clips/*.mp4, DIR/clips.jsonl (what each clip holds) and DIR/qa.jsonl.
 
     python -m vqa.spoken.generate --out data/spoken --clips 700 --seed 0 [--avsynth 0.3] [--perception-tokens 160]
-        [--unfamiliar 0.25]
+        [--unfamiliar 0.25] [--contrast]
 
 Clip i depends only on (seed, i). A share of the clips (`--avsynth`) are plain AVSynth clips with their own
 questions, written by vqa.avsynth.generate into DIR/avsynth/ and listed in the same qa.jsonl, so a model
@@ -125,9 +125,11 @@ def perception(out: Path, videos: list[str], max_tokens: int, progress: bool, un
 
 def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, per_clip: int = 6,
              perception_tokens: int = 160, progress: bool = True, two_sentences: float = TWO_SENTENCES,
-             unfamiliar: float = UNFAMILIAR) -> dict[str, int]:
+             unfamiliar: float = UNFAMILIAR, contrast: bool = False) -> dict[str, int]:
     """Write `num_clips` clips (a share `avsynth` of them AVSynth) and qa.jsonl into `out`; returns record counts
-    per type."""
+    per type. `contrast`: each clip marked unfamiliar also comes unmarked, with its own questions and their
+    familiar answers, and marked it holds back on every question about the objects: the line alone tells
+    the two apart."""
     from tqdm import tqdm
 
     if num_clips < 1:
@@ -164,7 +166,10 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
             skip, clip["quote"] = supported(clip, texts[clip["video"]])
             clip["seen"] = seen(texts[clip["video"]])
             clip["unsupported"] = list(skip)
-        qa += records(clip, clip_rng(seed, index + 1_000_000), per_clip, skip)
+        qa += records(clip, clip_rng(seed, index + 1_000_000), per_clip, skip, hold_back=contrast)
+        if contrast and clip.get("unfamiliar"):
+            plain = records({**clip, "unfamiliar": False}, clip_rng(seed, index + 4_000_000), per_clip, skip)
+            qa += [{**r, "id": f"{r['id']}-plain"} for r in plain]
     qa += avsynth_qa
     order = np.random.default_rng(seed).permutation(len(qa))  # clips mixed, a clip's questions together
     (out / CLIPS_FILE).write_text("".join(json.dumps(c) + "\n" for c in clips))
@@ -190,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unfamiliar", type=float, default=UNFAMILIAR,
                     help=f"share of spoken clips marked unfamiliar (default {UNFAMILIAR}; 0 gives the questions of "
                          "earlier versions of this recipe)")
+    ap.add_argument("--contrast", action="store_true",
+                    help="each clip marked unfamiliar also comes unmarked with its familiar answers, and marked "
+                         "it holds back on every question about the objects")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:
         counts = generate(args.out, args.clips, args.seed, args.avsynth, args.per_clip, args.perception_tokens,
-                          two_sentences=args.two_sentences, unfamiliar=args.unfamiliar)
+                          two_sentences=args.two_sentences, unfamiliar=args.unfamiliar, contrast=args.contrast)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

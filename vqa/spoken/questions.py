@@ -140,8 +140,9 @@ def _picture(clip: dict) -> str | None:
     return describe({"objects": clip["objects"], "pitch": None}).replace(" Nothing beeps.", "")
 
 
-def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(type, question, answer) about the picture."""
+def _visual(clip: dict, rng: np.random.Generator, hold_back: bool = False) -> list[tuple[str, str, str]]:
+    """(type, question, answer) about the picture; `hold_back`: an unfamiliar clip gets UNSEEN for every one of
+    the objects' questions, not one (the contrast recipe, where the same clip also comes unmarked)."""
     objects = clip["objects"]
     pick = lambda kind: ASK[kind][int(rng.integers(len(ASK[kind])))]  # noqa: E731
     picture = _picture(clip)
@@ -153,7 +154,7 @@ def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
         unseen = [("count", pick("count"), UNSEEN), ("color", pick("color").format(shape=o["shape"]), UNSEEN),
                   ("shape", pick("shape").format(color=o["color"]), UNSEEN),
                   ("motion", pick("motion").format(color=o["color"]), UNSEEN)][:2 + int(objects is not None) * 2]
-        return [unseen[int(rng.integers(len(unseen)))]] + seen
+        return (unseen if hold_back else [unseen[int(rng.integers(len(unseen)))]]) + seen
     if clip.get("picture"):
         return seen
     if objects is None:
@@ -171,11 +172,11 @@ def _visual(clip: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     return out + seen
 
 
-def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tuple[str, ...] = ()
-              ) -> list[tuple[str, str, str]]:
+def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tuple[str, ...] = (),
+              hold_back: bool = False) -> list[tuple[str, str, str]]:
     """Up to `per_clip` (type, question, answer): what is said (speech clips always), the sound, the picture,
     a description (half the clips) and an unanswerable question, phrasings drawn at random; none of the kinds
-    in `skip`."""
+    in `skip`. `hold_back`: see _visual."""
     pick = lambda kind: ASK[kind][int(rng.integers(len(ASK[kind])))]  # noqa: E731
     sound = _sound_answers(clip)
     pool = []
@@ -193,7 +194,7 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     elif clip["sound"] != "speech" and rng.random() < NO_CONTENT_SHARE:  # nobody says it: no answer to quote
         question = list(ASKED.values())[int(rng.integers(len(ASKED)))][0]
         pool.append(("unanswerable", question, UNKNOWN))
-    pool += _visual(clip, rng)
+    pool += _visual(clip, rng, hold_back)
     pool = [p for p in pool if p[0] not in skip]
     first = [p for p in pool if p[0] in (("said", "content", "language") if clip["sound"] == "speech" else ("hear",))]
     first += [p for p in pool if p[0] == "unanswerable" or (p[0] == "describe" and rng.random() < 0.5)
@@ -203,11 +204,12 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     return (first + [rest[i] for i in order])[:per_clip]
 
 
-def records(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tuple[str, ...] = ()) -> list[dict]:
+def records(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tuple[str, ...] = (),
+            hold_back: bool = False) -> list[dict]:
     """qa.jsonl records of one clip: LLaVA-style, one question each, `type` the question kind."""
     mark = {"unfamiliar": True} if clip.get("unfamiliar") else {}
     return [{
         "id": f"{clip['id']}-{k}", "video": clip["video"], "type": kind, "sound": clip["sound"],
         "conversations": [{"from": "human", "value": f"{VIDEO_PLACEHOLDER}\n{q}"}, {"from": "gpt", "value": a}],
         **mark,
-    } for k, (kind, q, a) in enumerate(questions(clip, rng, per_clip, skip))]
+    } for k, (kind, q, a) in enumerate(questions(clip, rng, per_clip, skip, hold_back))]
