@@ -78,7 +78,11 @@ def tonal_share(audio: np.ndarray, audible: float = SILENT_DB) -> float:
 
 def silent(audio: np.ndarray, sample_rate: int, has_audio: bool) -> bool:
     """Whether the clip is silent as `describe` judges it (no track, or 95 % of its frames under SILENT_DB)."""
-    return not has_audio or bool(np.percentile(frame_db(audio, sample_rate), 95) < SILENT_DB)
+    return not has_audio or _quiet(frame_db(audio, sample_rate))
+
+
+def _quiet(levels: np.ndarray) -> bool:
+    return bool(np.percentile(levels, 95) < SILENT_DB)
 
 
 def describe(audio: np.ndarray, sample_rate: int, has_audio: bool, transcript: Transcript | None,
@@ -86,7 +90,7 @@ def describe(audio: np.ndarray, sample_rate: int, has_audio: bool, transcript: T
     """The sound of a clip. audio: (L,) float32 mono; transcript: speech.transcribe's, None when speech is off;
     tonal: `tonal_share(audio)` where it was computed already (beside the transcription)."""
     levels = frame_db(audio, sample_rate) if has_audio else np.full(1, FLOOR_DB)
-    is_silent = not has_audio or bool(np.percentile(levels, 95) < SILENT_DB)
+    is_silent = not has_audio or _quiet(levels)
     audible = levels[levels >= SILENT_DB]
     level = float(10 * np.log10(np.mean(10 ** (audible / 10)))) if len(audible) else FLOOR_DB
     peak = float(levels.max())
