@@ -142,6 +142,34 @@ def test_speech_after_a_pause_keeps_its_times_and_encodes_once(monkeypatch):
     assert again == [] and forgotten == short_calls
 
 
+def test_a_beep_the_vad_takes_for_a_voice_is_not_decoded(monkeypatch):
+    t = np.arange(3 * speech.SAMPLE_RATE) / speech.SAMPLE_RATE
+    beep = (0.3 * np.sin(2 * np.pi * 660 * t) * (t < 0.5)).astype(np.float32)
+    beep += np.random.default_rng(0).uniform(-0.02, 0.02, len(t)).astype(np.float32)  # AVSynth's noise floor
+    monkeypatch.setattr(speech, "_vad", lambda audio: [{"start": 0, "end": 8000}])  # as Silero does at times
+
+    def no_whisper():
+        raise AssertionError("Whisper was loaded for a beep")
+
+    monkeypatch.setattr(speech, "load_model", no_whisper)
+    transcript = speech.transcribe(beep)
+    assert transcript.segments == [] and transcript.speech_spans == [] and transcript.language is None
+
+
+def test_speech_and_music_are_not_pure_tones():
+    t = np.arange(speech.SAMPLE_RATE) / speech.SAMPLE_RATE
+    assert speech.pure_tone(np.sin(2 * np.pi * 440 * t).astype(np.float32))
+    assert not speech.pure_tone(melody(3.0, rate=speech.SAMPLE_RATE))
+    two_notes = np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 554 * t)
+    assert not speech.pure_tone(two_notes.astype(np.float32))
+    assert not speech.pure_tone(np.zeros(100, np.float32))  # shorter than a frame
+    if espeak_missing() is None:
+        import librosa
+
+        voice = librosa.resample(speak("Please open the red door.", "en"), orig_sr=RATE, target_sr=speech.SAMPLE_RATE)
+        assert speech.tone_share(voice) < 0.7 and not speech.pure_tone(voice)
+
+
 def test_short_window_keeps_the_sound_and_a_margin():
     window = np.zeros((80, 3000), np.float32)
     window[:, :950] = 0.3

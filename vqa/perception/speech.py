@@ -9,7 +9,8 @@ Voice-activity gating: Silero VAD (shipped in faster-whisper's wheel) finds the 
 stretches are decoded (joined, as faster-whisper's `vad_filter` does, with the VAD run once), so music
 and noise do not come back as words. Whisper's non-speech tags ("[Music]", "(upbeat music)") are
 allowed (`suppress_tokens=[]`) and kept apart from the words as `events`: where the VAD takes music for
-speech, the decoder says so instead of inventing a sentence. Times come from the decoder's segments
+speech, the decoder says so instead of inventing a sentence. The VAD also fires on beeps; stretches that
+are only a pure tone (`pure_tone`) are not decoded at all. Times come from the decoder's segments
 (the tokenizer has no timestamp tokens).
 """
 from __future__ import annotations
@@ -48,6 +49,10 @@ LOOP_RATIO = 2.4
 # detection on a word or two); a language found with less than SURE_LANGUAGE on a short window is
 # checked on the whole window
 SHORT_SPEECH, SURE_LANGUAGE = 3.0, 0.5
+# the voiced audio is a pure tone (a beep, a held note from a tone generator) when, in its frames within
+# TONE_RANGE dB of the loudest, the strongest frequency (its bin and two either side) holds at least
+# TONE_SHARE of the energy at the median frame (benchmarks/pure_tones.py measures it on speech and tones)
+TONE_SHARE, TONE_RANGE, TONE_FFT = 0.97, 20.0, 1024
 _full_windows = threading.local()  # .on: Whisper's encoder sees whole windows in this thread (_whole_windows)
 # Whisper's non-speech tags: [Music], (upbeat music), *laughs*, ♪
 _TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]+")
@@ -187,8 +192,11 @@ def transcribe(
         return Transcript([], None, 0.0, spans)
     # what faster-whisper's vad_filter does, with the VAD run once: decode only the voiced stretches,
     # joined, then map the times back onto the clip
-    model = load_model()
     voiced = np.concatenate(collect_chunks(audio, chunks)[0])
+    if pure_tone(voiced):  # the VAD took a beep for a voice: nothing for Whisper to hear, or to invent
+        logger.info("speech: the voiced stretches are a pure tone; not decoded")
+        return Transcript([], None, 0.0, [])
+    model = load_model()
     probability, total = 1.0, len(audio) / SAMPLE_RATE
     report = (lambda end: progress(min(end, total), total)) if progress else (lambda end: None)
     short = len(voiced) >= SHORT_SPEECH * SAMPLE_RATE  # short windows need a few seconds of speech
@@ -217,6 +225,28 @@ def transcribe(
         if any(c.isalnum() for c in text):
             words.append(Segment(start, end, text))
     return Transcript(words, language, round(float(probability), 3), spans, events)
+
+
+def pure_tone(audio: np.ndarray) -> bool:
+    """Whether (L,) float32 audio at 16 kHz is a pure tone: one frequency holds nearly all the energy of
+    its loud frames. Speech never does (a voice has harmonics), nor music with more than one note at once."""
+    return tone_share(audio) >= TONE_SHARE
+
+
+def tone_share(audio: np.ndarray) -> float:
+    """The share of the energy in the strongest frequency (its bin and two either side) at the median
+    frame among those within TONE_RANGE dB of the loudest; 0 for audio shorter than one frame."""
+    if len(audio) < TONE_FFT:
+        return 0.0
+    starts = np.arange(0, len(audio) - TONE_FFT + 1, TONE_FFT // 4)
+    frames = audio[starts[:, None] + np.arange(TONE_FFT)] * np.hanning(TONE_FFT).astype(np.float32)  # (F, n)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (F, bins)
+    total = power.sum(1)
+    level = 10 * np.log10(total + 1e-20)
+    loud = level > level.max() - TONE_RANGE
+    power, total = power[loud], total[loud]
+    near = np.clip(power.argmax(1)[:, None] + np.arange(-2, 3), 0, power.shape[1] - 1)  # (F, 5)
+    return float(np.median(np.take_along_axis(power, near, 1).sum(1) / np.maximum(total, 1e-20)))
 
 
 @contextmanager
