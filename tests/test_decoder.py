@@ -3,6 +3,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn as nn
 
 from tests.helpers import tiny_config, tiny_llm, write_clip
 from vqa.decoder import Decoder, common_prefix, lookup, pick, unsupported_reason
@@ -130,6 +131,24 @@ def test_model_rebuilds_the_decoder_when_weights_change(tokenizer):
     with torch.no_grad():
         next(p for n, p in model.llm.named_parameters() if "lora_B" in n).add_(0.5)  # as an optimizer step does
     assert model.decoder() is not first
+
+
+def test_model_rebuilds_the_decoder_when_layers_change_without_a_tensor_written(tokenizer):
+    # between such changes the modules are not walked again (model._walk); each must still be seen
+    model = lora_model(tokenizer)
+    model.decoding = "exact"
+    first = model.decoder()
+    with model.llm.disable_adapter():  # PEFT flips a switch on each LoRA layer
+        off = model.decoder()
+        assert off is not first and model.decoder() is off
+    back = model.decoder()
+    assert back is not off
+    layer = next(m for m in model.llm.modules() if hasattr(m, "lora_A"))
+    layer.base_layer.weight = nn.Parameter(layer.base_layer.weight.detach() + 1.0)  # a parameter replaced
+    replaced = model.decoder()
+    assert replaced is not back and model.decoder() is replaced
+    del layer.lora_A["default"]  # an adapter removed from one layer (no registration)
+    assert model.decoder() is not replaced
 
 
 def test_a_cached_prefix_gives_the_same_logits(tokenizer):

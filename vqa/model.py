@@ -25,6 +25,19 @@ logger = logging.getLogger(__name__)
 DECODING_ENV = "VQA_DECODING"
 DECODINGS = MODES + ("transformers",)
 _fallback_logged: set[str] = set()
+# bumped whenever a module, parameter or buffer is registered anywhere in the process (PEFT adding or
+# swapping a layer, a parameter replaced): while it stands still, the modules a walk found are all there are
+_registrations = [0]
+
+
+def _registered(*_) -> None:
+    _registrations[0] += 1
+
+
+for _register in (nn.modules.module.register_module_module_registration_hook,
+                  nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook):
+    _register(_registered)
 
 
 class Projector(nn.Module):
@@ -71,6 +84,7 @@ class VideoLLM(nn.Module):
         self.stop_ids = _stop_ids(tokenizer)
         self.decoding = os.environ.get(DECODING_ENV, "fast")
         self._decoder: tuple[tuple, Decoder] | None = None  # (weights' fingerprint, decoder)
+        self._walk: tuple[int, nn.Module, list, list] | None = None  # (registrations, llm, LoRA layers, parameters)
         self._decoder_lock = threading.Lock()
 
     @property
@@ -132,18 +146,7 @@ class VideoLLM(nn.Module):
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
         if self.decoding == "transformers":
             return None
-        # in-place updates (an optimizer step, loading a bundle) bump a tensor's version
-        # and PEFT's disable_adapter() or set_adapter() switch LoRA layers without touching a tensor;
-        # one pass over the modules, since this runs before every answer (a plain walk over their dicts:
-        # Module.modules()'s generators cost more)
-        lora, params, stack = [], [], [self.llm]
-        while stack:
-            m = stack.pop()
-            stack.extend(child for child in m._modules.values() if child is not None)
-            if "lora_A" in m._modules:
-                lora.append((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", ""))))
-            params.extend((id(p), p._version) for p in m._parameters.values() if p is not None)
-        fingerprint = (self.decoding, tuple(lora), tuple(params))
+        fingerprint = (self.decoding, *self._weights_state())
         with self._decoder_lock:
             if self._decoder is None or self._decoder[0] != fingerprint:
                 self._decoder = None  # free the old copies before making new ones
@@ -154,6 +157,25 @@ class VideoLLM(nn.Module):
                                    "LLM (%s)", reason)
                 self._decoder = (fingerprint, None if reason else Decoder(self.llm, self.decoding))
             return self._decoder[1]
+
+    def _weights_state(self) -> tuple[tuple, tuple]:
+        """What the merged copies depend on: each LoRA layer's switches and adapters (PEFT's
+        disable_adapter() or set_adapter() change them without touching a tensor) and each parameter's
+        version (an optimizer step or loading a bundle bumps it). The modules are walked again only after
+        something was registered somewhere (`_registrations`), since this runs before every answer."""
+        if self._walk is None or self._walk[:2] != (_registrations[0], self.llm):
+            lora, params, stack = [], [], [self.llm]
+            while stack:  # a plain walk over the modules' dicts: Module.modules()'s generators cost more
+                m = stack.pop()
+                stack.extend(child for child in m._modules.values() if child is not None)
+                if "lora_A" in m._modules:
+                    lora.append(m)
+                params.extend(p for p in m._parameters.values() if p is not None)
+            self._walk = (_registrations[0], self.llm, lora, params)
+        _, _, lora, params = self._walk
+        switches = tuple((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", "")),
+                          tuple(m.lora_A.keys())) for m in lora)
+        return switches, tuple((id(p), p._version) for p in params)
 
     @torch.no_grad()
     def prefill(self, video_tokens: torch.Tensor | None, prompt: EncodedPrompt, cache: KVCache, decoder: Decoder
