@@ -38,14 +38,6 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     return librosa.resample(audio.astype(np.float32), orig_sr=rate, target_sr=speech.SAMPLE_RATE)
 
 
-def voiced(audio: np.ndarray) -> np.ndarray | None:
-    """The stretches the VAD calls voice, joined as transcribe joins them; None when there are none."""
-    from faster_whisper.vad import collect_chunks
-
-    chunks = speech._vad(np.ascontiguousarray(audio, dtype=np.float32))
-    return np.concatenate(collect_chunks(audio, chunks)[0]) if chunks else None
-
-
 def through_a_file(audio: np.ndarray, folder: Path, name: str) -> np.ndarray:
     return load_clip(write_clip(folder / f"{name}.mp4", audio), num_frames=2, size=32).audio
 
@@ -91,7 +83,8 @@ def main() -> None:
     print("| audio | clips with a voice found | median | highest | lowest | called a pure tone |")
     print("| --- | --- | --- | --- | --- | --- |")
     for kind, clips in data.items():
-        shares = {name: speech.tone_share(v) for name, a in clips.items() if (v := voiced(a)) is not None}
+        voiced = {name: speech.voice(np.ascontiguousarray(a, dtype=np.float32))[1] for name, a in clips.items()}
+        shares = {name: speech.tone_share(v) for name, v in voiced.items() if v is not None}
         if not shares:
             print(f"| {kind} | 0 of {len(clips)} | | | | |")
             continue

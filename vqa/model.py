@@ -84,7 +84,7 @@ class VideoLLM(nn.Module):
         self.stop_ids = _stop_ids(tokenizer)
         self.decoding = os.environ.get(DECODING_ENV, "fast")
         self._decoder: tuple[tuple, Decoder] | None = None  # (weights' fingerprint, decoder)
-        self._walk: tuple[int, nn.Module, list, list] | None = None  # (registrations, llm, LoRA layers, parameters)
+        self._walk: tuple[int, list, list] | None = None  # (registrations, LoRA layers, parameters)
         self._decoder_lock = threading.Lock()
 
     @property
@@ -163,7 +163,7 @@ class VideoLLM(nn.Module):
         disable_adapter() or set_adapter() change them without touching a tensor) and each parameter's
         version (an optimizer step or loading a bundle bumps it). The modules are walked again only after
         something was registered somewhere (`_registrations`), since this runs before every answer."""
-        if self._walk is None or self._walk[:2] != (_registrations[0], self.llm):
+        if self._walk is None or self._walk[0] != _registrations[0]:  # assigning `llm` registers too
             lora, params, stack = [], [], [self.llm]
             while stack:  # a plain walk over the modules' dicts: Module.modules()'s generators cost more
                 m = stack.pop()
@@ -171,8 +171,8 @@ class VideoLLM(nn.Module):
                 if "lora_A" in m._modules:
                     lora.append(m)
                 params.extend(p for p in m._parameters.values() if p is not None)
-            self._walk = (_registrations[0], self.llm, lora, params)
-        _, _, lora, params = self._walk
+            self._walk = (_registrations[0], lora, params)
+        _, lora, params = self._walk
         switches = tuple((getattr(m, "disable_adapters", False), str(getattr(m, "active_adapters", "")),
                           tuple(m.lora_A.keys())) for m in lora)
         return switches, tuple((id(p), p._version) for p in params)

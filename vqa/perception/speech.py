@@ -53,6 +53,7 @@ SHORT_SPEECH, SURE_LANGUAGE = 3.0, 0.5
 # TONE_RANGE dB of the loudest, the strongest frequency (its bin and two either side) holds at least
 # TONE_SHARE of the energy at the median frame (benchmarks/pure_tones.py measures it on speech and tones)
 TONE_SHARE, TONE_RANGE, TONE_FFT = 0.97, 20.0, 1024
+TONE_BLOCK = 2048  # frames per FFT call (about 33 s of audio)
 _full_windows = threading.local()  # .on: Whisper's encoder sees whole windows in this thread (_whole_windows)
 # Whisper's non-speech tags: [Music], (upbeat music), *laughs*, ♪
 _TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]+")
@@ -174,6 +175,16 @@ def _vad(audio: np.ndarray) -> list[dict]:
     return get_speech_timestamps(audio, VadOptions())  # [{"start": sample, "end": sample}]
 
 
+def voice(audio: np.ndarray) -> tuple[list[dict], np.ndarray | None]:
+    """The VAD's voiced stretches of (L,) float32 audio at 16 kHz ({"start", "end"} in samples) and their
+    samples joined, None when there are none: what faster-whisper's vad_filter decodes, with the VAD run once
+    (the times are mapped back onto the clip after decoding)."""
+    from faster_whisper.vad import collect_chunks
+
+    chunks = _vad(audio)
+    return chunks, (np.concatenate(collect_chunks(audio, chunks)[0]) if chunks else None)
+
+
 def transcribe(
     audio: np.ndarray, language: str | None = None, progress: Callable[[float, float], None] | None = None
 ) -> Transcript:
@@ -181,18 +192,13 @@ def transcribe(
 
     `progress(done_s, total_s)` is called after each decoded segment (long clips).
     """
-    from faster_whisper.vad import collect_chunks
-
     if audio.ndim != 1:
         raise ValueError(f"audio must be mono (L,), got shape {audio.shape}")
     audio = np.ascontiguousarray(audio, dtype=np.float32)
-    chunks = _vad(audio)
+    chunks, voiced = voice(audio)
     spans = [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in chunks]
     if not spans:  # nothing to decode: no words, and no time spent in the decoder
         return Transcript([], None, 0.0, spans)
-    # what faster-whisper's vad_filter does, with the VAD run once: decode only the voiced stretches,
-    # joined, then map the times back onto the clip
-    voiced = np.concatenate(collect_chunks(audio, chunks)[0])
     if pure_tone(voiced):  # the VAD took a beep for a voice: nothing for Whisper to hear, or to invent
         logger.info("speech: the voiced stretches are a pure tone; not decoded")
         return Transcript([], None, 0.0, [])
@@ -238,15 +244,17 @@ def tone_share(audio: np.ndarray) -> float:
     frame among those within TONE_RANGE dB of the loudest; 0 for audio shorter than one frame."""
     if len(audio) < TONE_FFT:
         return 0.0
-    starts = np.arange(0, len(audio) - TONE_FFT + 1, TONE_FFT // 4)
-    frames = audio[starts[:, None] + np.arange(TONE_FFT)] * np.hanning(TONE_FFT).astype(np.float32)  # (F, n)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (F, bins)
-    total = power.sum(1)
-    level = 10 * np.log10(total + 1e-20)
-    loud = level > level.max() - TONE_RANGE
-    power, total = power[loud], total[loud]
-    near = np.clip(power.argmax(1)[:, None] + np.arange(-2, 3), 0, power.shape[1] - 1)  # (F, 5)
-    return float(np.median(np.take_along_axis(power, near, 1).sum(1) / np.maximum(total, 1e-20)))
+    frames = np.lib.stride_tricks.sliding_window_view(audio, TONE_FFT)[::TONE_FFT // 4]  # (F, n), a view
+    window = np.hanning(TONE_FFT).astype(np.float32)
+    levels, shares = [], []
+    for first in range(0, len(frames), TONE_BLOCK):  # a block of frames at a time: long speech stays small
+        power = np.abs(np.fft.rfft(frames[first:first + TONE_BLOCK] * window, axis=1)) ** 2  # (f, bins)
+        total = power.sum(1)
+        near = np.clip(power.argmax(1)[:, None] + np.arange(-2, 3), 0, power.shape[1] - 1)  # (f, 5)
+        shares.append(np.take_along_axis(power, near, 1).sum(1) / np.maximum(total, 1e-20))
+        levels.append(10 * np.log10(total + 1e-20))
+    level, share = np.concatenate(levels), np.concatenate(shares)
+    return float(np.median(share[level > level.max() - TONE_RANGE]))
 
 
 @contextmanager
