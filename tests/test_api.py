@@ -182,11 +182,12 @@ def exact(qa):
 
 
 def count_new_positions(qa, monkeypatch):
-    """Positions the lean decoder computes per call."""
+    """Positions the lean decoder computes per call for a prompt (not the answer's steps)."""
     dec = qa.model.decoder()
     calls = []
     real = dec.forward
-    monkeypatch.setattr(dec, "forward", lambda e, c, **k: calls.append(e.shape[1]) or real(e, c, **k))
+    monkeypatch.setattr(dec, "forward", lambda e, c, **k: (k.get("prompt") and calls.append(e.shape[1]))
+                        or real(e, c, **k))
     return calls
 
 
@@ -196,19 +197,19 @@ def test_follow_up_computes_only_its_new_tokens(exact, clip, monkeypatch):
     calls = count_new_positions(qa, monkeypatch)
     chat = qa.chat(clip)
     first = chat.ask("Describe the clip.", max_new_tokens=6)
-    prompt_len = calls[0]
-    assert prompt_len > qa.model.num_video_tokens
+    prompt_len = sum(calls)
+    assert len(calls) == 1 and prompt_len > qa.model.num_video_tokens
     calls.clear()
     follow = chat.ask("And the sound?", max_new_tokens=6)
-    assert 0 < calls[0] < 20, calls  # "...<|im_end|>\n<|im_start|>user\nAnd the sound?..." only
+    assert len(calls) == 1 and 0 < calls[0] < 20, calls  # "...<|im_end|>\n<|im_start|>user\nAnd the sound?..."
     # the same answers as a model that computes every prompt whole
     monkeypatch.setattr(qa, "prefixes", vqa.api.PrefixPool(0))
     calls.clear()
     assert qa.ask(clip, "Describe the clip.", max_new_tokens=6) == first
-    assert calls[0] == prompt_len
+    assert sum(calls) == prompt_len
     calls.clear()
     assert qa.ask(clip, "And the sound?", history=chat.history[:2], max_new_tokens=6) == follow
-    assert calls[0] > prompt_len  # the whole conversation again
+    assert sum(calls) > prompt_len  # the whole conversation again
 
 
 def test_prefix_pool_is_bounded(exact, tmp_path):
@@ -267,6 +268,9 @@ def test_a_warmed_clip_leaves_its_first_question_only_its_own_tokens(qa, clip, m
     assert qa.ask(prepared, question, max_new_tokens=12) == cold  # the same answer
     ids = qa.model.encode_prompt(vqa.api._messages([], question, qa._context(prepared))).input_ids
     assert rows[0] == len(ids) - n < 16  # the prompt computed only the question's own tokens
+    rows.clear()
+    assert qa.ask(prepared, question, max_new_tokens=12) == cold  # asked again: the pool holds the first answer
+    assert rows[0] == len(ids) - n  # cut back to the clip's start, so the question is computed as before
 
 
 def test_perception_sees_the_frames_decoded_beside_the_model(qa, clip, monkeypatch):

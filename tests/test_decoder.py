@@ -170,6 +170,33 @@ def test_a_cached_prefix_gives_the_same_logits(tokenizer):
     assert computed == [3]
 
 
+def test_marks_split_a_prompt_into_the_same_calls_whatever_the_cache_holds(tokenizer):
+    model = lora_model(tokenizer)
+    ids, embeds, _ = prompt_embeds(model)
+    dec = Decoder(model.llm, "fast")
+    mark = len(ids) - 9  # where the prompt's own question starts, say
+    calls = []
+    real = dec.forward
+    dec.forward = lambda e, c, **k: calls.append(e.shape[1]) or real(e, c, **k)
+    whole = dec.prefill(ids, embeds, dec.new_cache(), (mark,))
+    assert calls == [len(ids)]  # computed whole, with attention split at the mark
+    cache = dec.new_cache()
+    dec.prefill(ids[:mark], embeds[:, :mark], cache)  # the start, warmed alone
+    calls.clear()
+    warmed = dec.prefill(ids, embeds, cache, (mark,))
+    assert calls == [9] and torch.equal(warmed, whole)
+    calls.clear()
+    again = dec.prefill(ids, embeds, cache, (mark,))  # the same prompt asked again: back to the mark
+    assert calls == [9] and torch.equal(again, whole)
+    calls.clear()  # a prompt that shares part of the question: from the mark, not from where they part
+    other = ids[:-3] + ids[-2:]
+    dec.prefill(other, torch.cat([embeds[:, :-3], embeds[:, -2:]], 1), cache, (mark,))
+    assert calls == [len(other) - mark]
+    calls.clear()  # no marks: only what is not cached
+    dec.prefill(ids, embeds, cache)
+    assert calls == [3]
+
+
 def test_cache_grows_and_copies(tokenizer):
     model = lora_model(tokenizer)
     ids, embeds, _ = prompt_embeds(model)

@@ -245,6 +245,24 @@ def test_sound_without_a_track_and_loudness():
     assert describe(loud, 16000, True, None, tonal=0.0).music != s.music  # and it is the share used
 
 
+def test_the_sounds_spectrum_is_measured_while_sight_classifies(clips, monkeypatch):
+    import threading
+
+    from vqa.perception import sound
+
+    spectrum_started = threading.Event()
+    real_share = sound.tonal_share
+    monkeypatch.setattr(sound, "tonal_share", lambda audio: spectrum_started.set() or real_share(audio))
+
+    def classify(frames, timestamps):  # sight waits until the spectrum has started beside it
+        assert spectrum_started.wait(10), "the sound's spectrum waited for sight to finish"
+        return sight.Concepts([], [])
+
+    monkeypatch.setattr(sight, "missing", lambda: None)
+    monkeypatch.setattr(sight, "classify", classify)
+    assert perceive(clips["music"], senses=("sight", "sound")).sound.music
+
+
 @needs_sight
 def test_sight_names_what_is_seen():
     result = perceive(shared_media("video_270.mov"), senses=("sight",))

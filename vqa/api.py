@@ -203,11 +203,9 @@ class VideoQA:
         decoder = self.model.decoder()
         if decoder is None:
             return 0
-        context = self._context(prepared)
-        one, two = (self.model.encode_prompt(_messages([], q, context)) for q in ("A", "B"))
-        n = common_prefix(one.input_ids.tolist(), two.input_ids.tolist())
-        shared = EncodedPrompt(one.input_ids[:n], one.labels[:n], one.video_mask[:n])
-        cache = self.prefixes.take(decoder, prepared.key, shared.input_ids.tolist())
+        shared = self._start(self._context(prepared))
+        n = len(shared.input_ids)
+        cache = self.prefixes.take(decoder, prepared.key, shared.input_ids.tolist(), (n,))
         if cache is not None and cache.length >= n:
             self.prefixes.put(decoder, cache)
             return 0
@@ -216,6 +214,14 @@ class VideoQA:
         self.model.prefill(prepared.tokens, shared, cache, decoder)
         self.prefixes.put(decoder, cache)
         return n - before
+
+    def _start(self, context: str) -> EncodedPrompt:
+        """What every prompt about a clip with this perception text starts with: the system prompt, the clip
+        tokens, the perception text. Prompts are computed in two calls split there (`Decoder.prefill`'s
+        marks), whether that start was warmed, cached from an earlier question, or neither."""
+        one, two = (self.model.encode_prompt(_messages([], q, context)) for q in ("A", "B"))
+        n = common_prefix(one.input_ids.tolist(), two.input_ids.tolist())
+        return EncodedPrompt(one.input_ids[:n], one.labels[:n], one.video_mask[:n])
 
     def _check_duration(self, clip: Clip, video) -> None:
         if self.max_duration is not None and clip.duration > self.max_duration:
@@ -259,18 +265,20 @@ class VideoQA:
                              f"tokens beside the clip's {self.model.num_video_tokens} and a conversation's "
                              f"{MAX_CONVERSATION_TOKENS}")
         prepared = video if isinstance(video, PreparedClip) else self.prepare(video)
-        messages = _messages(history, question, self._context(prepared))
+        context = self._context(prepared)
+        messages = _messages(history, question, context)
         decoder = self.model.decoder()
         if decoder is None:
             yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens,
                                          temperature=temperature)
             return
         ids = self.model.encode_prompt(messages).input_ids.tolist()
-        cache = self.prefixes.take(decoder, prepared.key, ids) or decoder.new_cache(
+        marks = (len(self._start(context).input_ids),)
+        cache = self.prefixes.take(decoder, prepared.key, ids, marks) or decoder.new_cache(
             capacity=len(ids) + max_new_tokens, key=prepared.key)
         try:
             yield from self.model.stream(prepared.tokens, messages, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, cache=cache, decoder=decoder)
+                                         temperature=temperature, cache=cache, decoder=decoder, marks=marks)
         finally:  # also when the reader stops early: the cache holds every position it computed
             self.prefixes.put(decoder, cache)
 
@@ -316,7 +324,9 @@ class PrefixPool:
         self._decoder = None  # the decoder the entries belong to; a new one empties the pool
         self._lock = threading.Lock()
 
-    def take(self, decoder, key: str, ids: list[int]) -> KVCache | None:
+    def take(self, decoder, key: str, ids: list[int], marks: tuple[int, ...] = ()) -> KVCache | None:
+        """The cache that shares most of `ids`; a branch off one is a copy cut back to the last of `marks`
+        it passes (see `Decoder.prefill`), where marks are given."""
         with self._lock:
             if decoder is not self._decoder:
                 self._entries, self._decoder = [], decoder
@@ -330,7 +340,9 @@ class PrefixPool:
             if n == best.length:  # the prompt extends it: hand it over
                 self._entries.remove(best)
                 return best
-            return best.copy(n)  # a branch: the original stays for its own conversation
+            if marks:
+                n = max((m for m in marks if m <= n), default=0)
+            return best.copy(n) if n else None  # a branch: the original stays for its own conversation
 
     def put(self, decoder, cache: KVCache) -> None:
         with self._lock:

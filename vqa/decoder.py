@@ -347,11 +347,12 @@ class Decoder:
 
     @torch.no_grad()
     @torch.autocast("cpu", enabled=False)  # not a caller's (vqa eval's bf16): the GEMMs pick their own types
-    def forward(self, embeds: torch.Tensor, cache: KVCache, all_logits: bool = False, prompt: bool = False
-                ) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, cache: KVCache, all_logits: bool = False, prompt: bool = False,
+                marks: tuple[int, ...] = ()) -> torch.Tensor:
         """Run L new positions (B, L, H) after the cache's; returns the last position's logits (B, V)
         (every position's, (B, L, V), with all_logits) and extends the cache. `prompt`: the positions are
-        a prompt's, not decode steps (see WIDE_ROWS)."""
+        a prompt's, not decode steps (see WIDE_ROWS). `marks` (B = 1): positions where attention is split
+        into separate calls, as if the positions before each had been computed by an earlier call."""
         B, L, _ = embeds.shape
         start = cache.length
         cache.reserve(start + L)
@@ -372,6 +373,9 @@ class Decoder:
         elif L > 1:
             keys = torch.arange(end)
             mask = (keys[None, :] <= steps[:, None])[None, None]  # (1, 1, L, end)
+        bounds = [m for m in sorted(marks) if start < m < end]
+        if bounds and B != 1:
+            raise ValueError("marks split one conversation's positions, not a batch's")
         cos, sin = self._rope(positions)
         x = embeds.to(self.dtype)
         nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
@@ -399,6 +403,8 @@ class Decoder:
             if grouped:  # query head j uses key/value head j // (nh / nkv), as enable_gqa repeats them
                 y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), keys_i, values_i,
                                                    scale=self.scale).reshape(B, nh, 1, hs)
+            elif bounds:
+                y = self._attend_in_parts(q, keys_i, values_i, start, [start] + bounds + [end])
             else:
                 y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
                                                    scale=self.scale, enable_gqa=True)  # (B, nh, L, hs)
@@ -410,14 +416,39 @@ class Decoder:
         x = x if all_logits else x[:, -1]
         return self.head(self._norm(x, self.norm))
 
+    def _attend_in_parts(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
+                         bounds: list[int]) -> torch.Tensor:
+        """Causal attention of queries (1, nh, L, hs) at positions start.. over keys (1, nkv, end, hs), one call
+        per part [bounds[j], bounds[j + 1]), each seeing the keys up to its end: the calls separate forwards
+        would make (the kernels round differently with the rows and keys they are given)."""
+        parts = []
+        for a, b in zip(bounds, bounds[1:]):
+            qa = q[:, :, a - start:b - start]
+            if a == 0:
+                mask, causal = None, b - a > 1
+            else:
+                mask, causal = (torch.arange(b)[None, :] <= torch.arange(a, b)[:, None])[None, None], False
+            parts.append(F.scaled_dot_product_attention(qa, keys[:, :, :b], values[:, :, :b], attn_mask=mask,
+                                                        is_causal=causal, scale=self.scale, enable_gqa=True))
+        return torch.cat(parts, dim=2)
+
     # ---- generation ----
-    def prefill(self, ids: list[int], embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def prefill(self, ids: list[int], embeds: torch.Tensor, cache: KVCache, marks: tuple[int, ...] = ()
+                ) -> torch.Tensor:
         """Bring a B=1 cache to the prompt `ids` (embeddings (1, L, H)), computing only what is not
-        cached already; returns the last position's logits (1, V)."""
+        cached already; returns the last position's logits (1, V).
+
+        `marks`: positions where the prompt's attention is split, whatever the cache holds: its kernel rounds
+        differently with the rows and keys of a call (the GEMMs' rows do not depend on each other, see
+        WIDE_ROWS), so a position gets the same result bit for bit from a prompt computed whole and from one
+        computed after a cached start that ends at a mark. A cache that holds more than the prompt shares
+        with it is cut back to a mark."""
         n = common_prefix(cache.ids, ids)
         n = min(n, len(ids) - 1)  # at least one new position, for its logits
+        if marks and n < cache.length:
+            n = max((m for m in marks if m <= n), default=0)
         cache.truncate(n)
-        logits = self.forward(embeds[:, n:], cache, prompt=True)
+        logits = self.forward(embeds[:, n:], cache, prompt=True, marks=marks)
         cache.ids.extend(ids[n:])
         return logits
 

@@ -178,13 +178,14 @@ class VideoLLM(nn.Module):
         return switches, tuple((id(p), p._version) for p in params)
 
     @torch.no_grad()
-    def prefill(self, video_tokens: torch.Tensor | None, prompt: EncodedPrompt, cache: KVCache, decoder: Decoder
-                ) -> torch.Tensor:
+    def prefill(self, video_tokens: torch.Tensor | None, prompt: EncodedPrompt, cache: KVCache, decoder: Decoder,
+                marks: tuple[int, ...] = ()) -> torch.Tensor:
         """Bring `cache` to a prompt's positions (lean decoder), computing only those it does not hold;
-        returns the last position's logits (1, V). video_tokens: (K, H) or None (blind)."""
+        returns the last position's logits (1, V). video_tokens: (K, H) or None (blind); marks: see
+        `Decoder.prefill`."""
         tokens = None if video_tokens is None else video_tokens.unsqueeze(0)
         embeds = self.embed(prompt.input_ids[None].to(self.device), prompt.video_mask[None].to(self.device), tokens)
-        return decoder.prefill(prompt.input_ids.tolist(), embeds.float(), cache)
+        return decoder.prefill(prompt.input_ids.tolist(), embeds.float(), cache, marks)
 
     @torch.no_grad()
     def stream(
@@ -196,13 +197,14 @@ class VideoLLM(nn.Module):
         top_p: float = 0.9,
         cache: KVCache | None = None,
         decoder: Decoder | None = None,
+        marks: tuple[int, ...] = (),
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated. video_tokens: (K, H) or None (blind).
 
         `cache` (lean decoder only) holds an earlier prompt's keys and values for this clip: the
         positions this prompt shares with it are not computed again, and it is left holding this
         conversation for the next turn. `decoder`: the lean decoder the cache came from, where the
-        caller has it already (default: `self.decoder()`)."""
+        caller has it already (default: `self.decoder()`); marks: see `Decoder.prefill`."""
         decoder = decoder or self.decoder()
         if decoder is None:
             yield from self._stream_generate(video_tokens, messages, max_new_tokens, temperature, top_p)
@@ -210,7 +212,7 @@ class VideoLLM(nn.Module):
         prompt = self.encode_prompt(messages, blind=video_tokens is None)
         if cache is None:
             cache = decoder.new_cache(capacity=len(prompt.input_ids) + max_new_tokens)
-        logits = self.prefill(video_tokens, prompt, cache, decoder)
+        logits = self.prefill(video_tokens, prompt, cache, decoder, marks)
         new: list[int] = []
         shown = ""
         for token in decoder.stream(logits, cache, self.stop_ids, max_new_tokens, temperature, top_p):

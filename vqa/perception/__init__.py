@@ -145,16 +145,19 @@ def perceive(
             _noticed.add(why)
     result = Perception(None, None, None, clip.duration or len(clip.audio) / clip.sample_rate, list(off.values()))
     tonal, tonal_s = None, 0.0
-    # speech beside sight and the sound's spectrum: Whisper's decoding leaves cores idle
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        heard = None
+    # speech and the sound's spectrum beside sight: Whisper's decoding and the spectrum's median filters
+    # (one thread each) leave cores idle
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        heard = spectrum = None
         if "speech" in senses and "speech" not in off:
             # in the caller's context: a web page's progress bar is found through context variables
             heard = pool.submit(contextvars.copy_context().run, _timed, _transcribe, clip, progress)
+        if "sound" in senses and not sound.silent(clip.audio, clip.sample_rate, clip.has_audio):
+            spectrum = pool.submit(_timed, sound.tonal_share, clip.audio)
         if "sight" in senses and "sight" not in off:
             result.concepts, result.seconds["sight"] = _timed(lambda: sight.classify(*_sight_frames(clip, path)))
-        if "sound" in senses and not sound.silent(clip.audio, clip.sample_rate, clip.has_audio):
-            tonal, tonal_s = _timed(sound.tonal_share, clip.audio)
+        if spectrum is not None:
+            tonal, tonal_s = spectrum.result()
         if heard is not None:
             result.transcript, result.seconds["speech"] = heard.result()
     if "sound" in senses:

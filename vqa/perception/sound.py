@@ -88,7 +88,7 @@ def _quiet(levels: np.ndarray) -> bool:
 def describe(audio: np.ndarray, sample_rate: int, has_audio: bool, transcript: Transcript | None,
              tonal: float | None = None) -> Sound:
     """The sound of a clip. audio: (L,) float32 mono; transcript: speech.transcribe's, None when speech is off;
-    tonal: `tonal_share(audio)` where it was computed already (beside the transcription)."""
+    tonal: `tonal_share(audio)` where it was computed already (beside sight and the transcription)."""
     levels = frame_db(audio, sample_rate) if has_audio else np.full(1, FLOOR_DB)
     is_silent = not has_audio or _quiet(levels)
     audible = levels[levels >= SILENT_DB]
