@@ -217,8 +217,8 @@ class VideoQA:
 
     def _start(self, context: str) -> EncodedPrompt:
         """What every prompt about a clip with this perception text starts with: the system prompt, the clip
-        tokens, the perception text. Prompts are computed in two calls split there (`Decoder.prefill`'s
-        marks), whether that start was warmed, cached from an earlier question, or neither."""
+        tokens, the perception text. A prompt's attention is split there (`Decoder.prefill`'s marks), whether
+        that start was warmed, is cached from an earlier question, or neither."""
         one, two = (self.model.encode_prompt(_messages([], q, context)) for q in ("A", "B"))
         n = common_prefix(one.input_ids.tolist(), two.input_ids.tolist())
         return EncodedPrompt(one.input_ids[:n], one.labels[:n], one.video_mask[:n])
