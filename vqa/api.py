@@ -32,7 +32,7 @@ import torch
 
 from . import bundle
 from .config import ModelConfig
-from .decoder import KVCache, common_prefix
+from .decoder import KVCache, common_prefix, cut_back
 from .features import clip_features
 from .limits import MAX_CONVERSATION_TOKENS, MAX_QUESTION_TOKENS, check_history, check_question, fit_history
 from .media import Clip, MediaError, load_clip, load_views
@@ -341,7 +341,7 @@ class PrefixPool:
                 self._entries.remove(best)
                 return best
             if marks:
-                n = max((m for m in marks if m <= n), default=0)
+                n = cut_back(n, marks)
             return best.copy(n) if n else None  # a branch: the original stays for its own conversation
 
     def put(self, decoder, cache: KVCache) -> None:

@@ -260,6 +260,21 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 1).bit_length()
 
 
+def cut_back(n: int, marks: tuple[int, ...]) -> int:
+    """The last of a prompt's `marks` (see `Decoder.prefill`) at or before position n; 0 when none is."""
+    return max((m for m in marks if m <= n), default=0)
+
+
+def _causal(start: int, end: int) -> tuple[torch.Tensor | None, bool]:
+    """Attention's (mask, is_causal) for positions start..end after a cache of `start`: causal from the
+    first position, else a mask (1, 1, L, end) over the cached keys too; one position sees every key."""
+    if end - start > 1 and start == 0:
+        return None, True
+    if end - start > 1:
+        return (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None])[None, None], False
+    return None, False
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -359,7 +374,6 @@ class Decoder:
         end = start + L
         steps = torch.arange(start, end)  # (L,)
         positions = steps[None].expand(B, L)  # (B, L)
-        mask, causal = None, False
         if cache.pad is not None and bool((cache.pad > 0).any()):
             pad, at = cache.pad[:, None], cache.pad_at
             positions = positions - (positions - at).clamp(min=0).minimum(pad)  # the padding takes no position
@@ -367,12 +381,9 @@ class Decoder:
             padding = (keys >= at) & (keys < at + cache.pad[:, None, None])  # (B, 1, end)
             # (B, 1, L, end): causal, padding hidden; a padding query sees itself so no row is empty
             mask = (keys <= steps[None, :, None]) & (~padding | (keys == steps[None, :, None]))
-            mask = mask[:, None]
-        elif L > 1 and start == 0:
-            causal = True
-        elif L > 1:
-            keys = torch.arange(end)
-            mask = (keys[None, :] <= steps[:, None])[None, None]  # (1, 1, L, end)
+            mask, causal = mask[:, None], False
+        else:
+            mask, causal = _causal(start, end)
         bounds = [m for m in sorted(marks) if start < m < end]
         if bounds and B != 1:
             raise ValueError("marks split one conversation's positions, not a batch's")
@@ -424,10 +435,7 @@ class Decoder:
         parts = []
         for a, b in zip(bounds, bounds[1:]):
             qa = q[:, :, a - start:b - start]
-            if a == 0:
-                mask, causal = None, b - a > 1
-            else:
-                mask, causal = (torch.arange(b)[None, :] <= torch.arange(a, b)[:, None])[None, None], False
+            mask, causal = _causal(a, b)
             parts.append(F.scaled_dot_product_attention(qa, keys[:, :, :b], values[:, :, :b], attn_mask=mask,
                                                         is_causal=causal, scale=self.scale, enable_gqa=True))
         return torch.cat(parts, dim=2)
@@ -446,7 +454,7 @@ class Decoder:
         n = common_prefix(cache.ids, ids)
         n = min(n, len(ids) - 1)  # at least one new position, for its logits
         if marks and n < cache.length:
-            n = max((m for m in marks if m <= n), default=0)
+            n = cut_back(n, marks)
         cache.truncate(n)
         logits = self.forward(embeds[:, n:], cache, prompt=True, marks=marks)
         cache.ids.extend(ids[n:])
