@@ -7,7 +7,7 @@ per-token bookkeeping. This decoder reads fewer bytes and does less around them:
 - `mode="fast"` stores every linear layer's weights, the tied LM head included, as int8 with one
   scale per output channel (`weights="int8"`, gpt-fast's weight-only int8: bf16 activations into
   the GEMM, fp32 everywhere else), a quarter of the bytes of fp32; a prompt's rows instead go
-  through bf16 GEMMs over weights widened for the call (`WIDE_ROWS`); `weights="fp16"` (fbgemm's
+  through bf16 GEMMs over weights widened for the call (`WIDEN`); `weights="fp16"` (fbgemm's
   fp16 GEMM, fp32 activations) or `"bf16"` are there to measure against it;
 - `mode="exact"` keeps fp32 weights and mirrors transformers' Llama ops one for one, so its
   greedy tokens equal transformers' `generate`; fast mode runs fewer, fused ops for the same
@@ -46,11 +46,10 @@ MIN_CAPACITY = 256
 LOOKAHEAD = 2  # tokens guessed ahead by prompt lookup in fast greedy decoding (0: off)
 MAX_PAUSE = 16  # the most steps lookahead pauses after guesses that missed
 # A prompt's rows (prefill) go through int8 layers as bf16 GEMMs over weights widened for the call, which
-# outrun the int8 kernel from a few rows on CPUs with bf16 instructions, in calls of exactly WIDE_ROWS rows
-# (the last one padded): oneDNN picks its kernel by the rows, and a fixed size gives a row the same result
-# however a prompt is split between cached and new positions. Decode steps keep the int8 kernel, which
-# reads a quarter of the bytes.
-WIDE_ROWS = 32
+# outrun the int8 kernel from a few rows on CPUs with bf16 instructions. oneDNN picks its kernel by the number
+# of rows, so a row's result depends on the call it is in: a prompt's GEMMs are split where its attention is
+# (`Decoder.forward`'s marks), and a position gets the same result whether the start before a mark was computed
+# with the rest or cached. Decode steps keep the int8 kernel, which reads a quarter of the bytes.
 WIDEN = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -98,13 +97,14 @@ class Linear:
             self.w = (w / scale[:, None]).round_().clamp_(-128, 127).to(torch.int8)  # one fp32 temporary
             self.scale = scale.to(torch.bfloat16)
 
-    def __call__(self, x: torch.Tensor, prompt: bool = False) -> torch.Tensor:  # (..., in) -> (..., out)
-        return self.raw(x, prompt).float()
+    def __call__(self, x: torch.Tensor, calls: tuple[int, ...] = ()) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self.raw(x, calls).float()
 
-    def raw(self, x: torch.Tensor, prompt: bool = False) -> torch.Tensor:
+    def raw(self, x: torch.Tensor, calls: tuple[int, ...] = ()) -> torch.Tensor:
         """The output in the GEMM's own type (bf16 for bf16 and int8 weights): a caller that goes on in
         fp32 (a sum with the fp32 residual, a product with fp32 rope tables) promotes it exactly, one
-        conversion op fewer. `prompt`: the rows are a prompt's (int8 weights widen, see WIDE_ROWS)."""
+        conversion op fewer. `calls`: the rows are a prompt's, in GEMM calls of these many rows each (int8
+        weights widen for them, see WIDEN); () for decode steps."""
         if self.kind == "fp32":
             return F.linear(x, self.w, self.bias)
         if self.kind == "fp16":
@@ -113,8 +113,8 @@ class Linear:
             y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w)
         else:
             xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            if prompt and WIDEN:
-                y = _widened_mm(xb, self.w) * self.scale
+            if calls and WIDEN:
+                y = _widened_mm(xb, self.w, calls) * self.scale
             else:
                 y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale)
         y = y.view(*x.shape[:-1], self.out_features)
@@ -127,13 +127,13 @@ class Linear:
         return self.w.numel() * self.w.element_size() + extra
 
 
-def _widened_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _widened_mm(x: torch.Tensor, w: torch.Tensor, calls: tuple[int, ...]) -> torch.Tensor:
     """x @ w.T for bf16 rows x (M, in) and int8 weights w (out, in), widened to bf16 (exactly) for this
-    call, in GEMMs of WIDE_ROWS rows."""
-    n = x.shape[0]
-    x = F.pad(x, (0, 0, 0, -n % WIDE_ROWS))
+    call, in one GEMM per part of `calls` (row counts that sum to M)."""
     wide = w.to(torch.bfloat16)
-    return torch.cat([F.linear(rows, wide) for rows in x.split(WIDE_ROWS)])[:n]
+    if len(calls) == 1:
+        return F.linear(x, wide)
+    return torch.cat([F.linear(rows, wide) for rows in x.split(list(calls))])
 
 
 def _is_lora(module: nn.Module) -> bool:
@@ -177,10 +177,10 @@ class Fused:
         else:
             self.linears = [Linear(w, b, kind) for w, b in parts]
 
-    def __call__(self, x: torch.Tensor, prompt: bool = False) -> list[torch.Tensor]:  # (..., in) -> [(..., out_i)]
+    def __call__(self, x: torch.Tensor, calls: tuple[int, ...] = ()) -> list[torch.Tensor]:  # (..., in) -> [(..., out_i)]
         if len(self.linears) == 1 and len(self.sizes) > 1:
-            return list(self.linears[0](x, prompt).split(self.sizes, dim=-1))
-        return [lin(x, prompt) for lin in self.linears]
+            return list(self.linears[0](x, calls).split(self.sizes, dim=-1))
+        return [lin(x, calls) for lin in self.linears]
 
     def nbytes(self) -> int:
         return sum(lin.nbytes() for lin in self.linears)
@@ -366,8 +366,8 @@ class Decoder:
                 marks: tuple[int, ...] = ()) -> torch.Tensor:
         """Run L new positions (B, L, H) after the cache's; returns the last position's logits (B, V)
         (every position's, (B, L, V), with all_logits) and extends the cache. `prompt`: the positions are
-        a prompt's, not decode steps (see WIDE_ROWS). `marks` (B = 1): positions where attention is split
-        into separate calls, as if the positions before each had been computed by an earlier call."""
+        a prompt's, not decode steps (see WIDEN). `marks` (B = 1): positions where attention and the GEMMs
+        are split into separate calls, as if the positions before each had been computed by an earlier call."""
         B, L, _ = embeds.shape
         start = cache.length
         cache.reserve(start + L)
@@ -387,6 +387,8 @@ class Decoder:
         bounds = [m for m in sorted(marks) if start < m < end]
         if bounds and B != 1:
             raise ValueError("marks split one conversation's positions, not a batch's")
+        parts = [start] + bounds + [end]
+        calls = tuple(B * (b - a) for a, b in zip(parts, parts[1:])) if prompt else ()  # the GEMMs' rows
         cos, sin = self._rope(positions)
         x = embeds.to(self.dtype)
         nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
@@ -397,12 +399,12 @@ class Decoder:
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
             if fused_qkv:
-                qkv = layer.qkv.linears[0].raw(h, prompt).view(B, L, nh + 2 * nkv, hs).transpose(1, 2)
+                qkv = layer.qkv.linears[0].raw(h, calls).view(B, L, nh + 2 * nkv, hs).transpose(1, 2)
                 qk = qkv[:, :nh + nkv]
                 qk = qk * cos + _rotate_half(qk) * sin  # (B, nh + nkv, L, hs), fp32
                 q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv:]
             else:
-                q, k, v = layer.qkv(h, prompt)
+                q, k, v = layer.qkv(h, calls)
                 q = q.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
                 k = k.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
                 v = v.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
@@ -415,14 +417,14 @@ class Decoder:
                 y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), keys_i, values_i,
                                                    scale=self.scale).reshape(B, nh, 1, hs)
             elif bounds:
-                y = self._attend_in_parts(q, keys_i, values_i, start, [start] + bounds + [end])
+                y = self._attend_in_parts(q, keys_i, values_i, start, parts)
             else:
                 y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
                                                    scale=self.scale, enable_gqa=True)  # (B, nh, L, hs)
-            x = x + layer.o.raw(y.transpose(1, 2).reshape(B, L, nh * hs), prompt)
+            x = x + layer.o.raw(y.transpose(1, 2).reshape(B, L, nh * hs), calls)
             h = self._norm(x, layer.mlp_norm)
-            gate, up = layer.gate_up(h, prompt)
-            x = x + layer.down.raw(F.silu(gate) * up, prompt)
+            gate, up = layer.gate_up(h, calls)
+            x = x + layer.down.raw(F.silu(gate) * up, calls)
         cache.length = end
         x = x if all_logits else x[:, -1]
         return self.head(self._norm(x, self.norm))
@@ -446,11 +448,10 @@ class Decoder:
         """Bring a B=1 cache to the prompt `ids` (embeddings (1, L, H)), computing only what is not
         cached already; returns the last position's logits (1, V).
 
-        `marks`: positions where the prompt's attention is split, whatever the cache holds: its kernel rounds
-        differently with the rows and keys of a call (the GEMMs' rows do not depend on each other, see
-        WIDE_ROWS), so a position gets the same result bit for bit from a prompt computed whole and from one
-        computed after a cached start that ends at a mark. A cache that holds more than the prompt shares
-        with it is cut back to a mark."""
+        `marks`: positions where the prompt's attention and GEMMs are split, whatever the cache holds: their
+        kernels round differently with the rows (and keys) of a call, so a position gets the same result bit
+        for bit from a prompt computed whole and from one computed after a cached start that ends at a mark.
+        A cache that holds more than the prompt shares with it is cut back to a mark."""
         n = common_prefix(cache.ids, ids)
         n = min(n, len(ids) - 1)  # at least one new position, for its logits
         if marks and n < cache.length:
