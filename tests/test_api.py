@@ -273,6 +273,28 @@ def test_a_warmed_clip_leaves_its_first_question_only_its_own_tokens(qa, clip, m
     assert rows[0] == len(ids) - n  # cut back to the clip's start, so the question is computed as before
 
 
+def test_warm_up_runs_the_clip_path_once_and_caches_nothing(qa, monkeypatch):
+    import vqa.perception as perception
+    from vqa.perception import sight, speech
+
+    encoded, perceived, whispered = [], [], []
+    encode = qa.model.get_video_features
+    monkeypatch.setattr(qa.model, "get_video_features", lambda f, m: encoded.append((f.shape, m.shape)) or encode(f, m))
+    monkeypatch.setattr(perception, "perceive", lambda clip: perceived.append(clip.frames.shape))
+    monkeypatch.setattr(speech, "missing", lambda: None)
+    monkeypatch.setattr(speech, "warm_up", lambda: whispered.append(True))
+    media = qa.config.media
+    seeing = VideoQA(qa.model, perception=True)
+    assert seeing.warm_up() > 0
+    assert encoded == [((1, media.num_frames, 3, media.size, media.size), encoded[0][1])]
+    assert perceived == [(perception.SIGHT_FRAMES, sight.SIZE, sight.SIZE, 3)]  # at sight's own size
+    assert whispered == [True]
+    assert len(seeing._cache) == 0
+    encoded.clear(), perceived.clear()
+    VideoQA(qa.model, perception=False).warm_up()
+    assert len(encoded) == 1 and perceived == []  # perception off: the encoder alone
+
+
 def test_perception_sees_the_frames_decoded_beside_the_model(qa, clip, monkeypatch):
     from vqa import media
     from vqa.perception import perceive, sight

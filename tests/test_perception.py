@@ -98,6 +98,12 @@ def test_missing_packages_turn_senses_off(clips, monkeypatch, caplog):
 
 
 @needs_whisper
+def test_warming_whisper_up_leaves_no_memo_of_what_it_heard():
+    speech.warm_up(seconds=1.0)
+    assert speech.load_model()._last is None  # the next clip's encoder output is its own
+
+
+@needs_whisper
 def test_speech_is_transcribed_and_quoted(clips):
     if "speech" not in clips:
         pytest.skip(espeak_missing())

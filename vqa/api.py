@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +195,35 @@ class VideoQA:
             while self._cache and (len(self._cache) > self._cache_size or total > self._cache_bytes):
                 total -= self._cache.popitem(last=False)[1].nbytes
         return prepared
+
+    def warm_up(self, seconds: float = 2.0) -> float:
+        """Run a short generated clip (noise frames, a tone) through what a clip goes through once: features,
+        encoder and, where perception is on, every installed sense at its own sizes. What a process pays only
+        once (lazily imported audio code and its compilation, kernels built for these shapes) is then paid
+        here, at a server's start, and not by its first user's clip. Caches nothing; returns the seconds it took."""
+        clock = time.perf_counter()
+        media = self.config.media
+        rng = np.random.default_rng(0)
+        t = np.arange(int(seconds * media.sample_rate)) / media.sample_rate
+        audio = (0.1 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+        def clip(num_frames: int, size: int) -> Clip:
+            return Clip(path="warm-up", frames=rng.integers(0, 256, (num_frames, size, size, 3), dtype=np.uint8),
+                        timestamps=(np.arange(num_frames) + 0.5) * seconds / num_frames, audio=audio,
+                        sample_rate=media.sample_rate, has_audio=True, duration=seconds, width=size, height=size,
+                        fps=num_frames / seconds)
+
+        frames, mel = clip_features(clip(media.num_frames, media.size), media,
+                                    mel_frames=self.config.encoder.audio_frames)
+        with torch.no_grad():
+            self.model.get_video_features(frames[None].to(self.model.device), mel[None].to(self.model.device))
+        if self.perception and media.sample_rate == 16_000:
+            from .perception import SIGHT_FRAMES, perceive, sight, speech
+
+            perceive(clip(SIGHT_FRAMES, sight.SIZE))  # the tone is no voice: Whisper next, on its own
+            if speech.missing() is None:
+                speech.warm_up()
+        return time.perf_counter() - clock
 
     def warm(self, prepared: PreparedClip) -> int:
         """Compute now what every first question about a prepared clip starts with (the system prompt, the clip

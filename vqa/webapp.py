@@ -439,8 +439,6 @@ def build_demo(model: str | None = None) -> gr.Blocks:
 
     The model: `model`, else $VQA_ADAPTER, else the default bundle if present, else untrained.
     """
-    from . import features
-
     model = model or default_model()
     try:
         MODELS.get(model)
@@ -449,7 +447,8 @@ def build_demo(model: str | None = None) -> gr.Blocks:
         model = UNTRAINED
         MODELS.get(model)
     DEFAULT["model"] = model
-    features.warmup()
+    seconds = MODELS.get(model).warm_up()  # one-time costs now, not on the first user's clip
+    log.info("clip path warmed up in %.1f s", seconds)
     examples = page_examples()
     for path, _ in examples:  # the copy gr.Examples hands every session: no session's to delete
         SESSIONS.keep(processing_utils.save_file_to_cache(path, str(SESSIONS.folder)), path)

@@ -233,6 +233,17 @@ def transcribe(
     return Transcript(words, language, round(float(probability), 3), spans, events)
 
 
+def warm_up(seconds: float = 2.0) -> None:
+    """Run Whisper once, language detection and decoding, on quiet noise without the voice detector, so its
+    first-use costs are paid now (`VideoQA.warm_up`); what it hears there is dropped."""
+    noise = (0.01 * np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+    model = load_model()
+    features = model.feature_extractor(noise)[:, :-1]
+    language = model.detect_language(features=features)[0]
+    _decode(model, noise, language, [{"start": 0, "end": len(noise)}], lambda end: None)
+    forget()
+
+
 def pure_tone(audio: np.ndarray) -> bool:
     """Whether (L,) float32 audio at 16 kHz is a pure tone: one frequency holds nearly all the energy of
     its loud frames. Speech never does (a voice has harmonics), nor music with more than one note at once."""
