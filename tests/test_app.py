@@ -484,3 +484,21 @@ def test_the_page_shows_what_perception_found_and_an_unfamiliar_clip():
     assert "sight is off" in text
     assert f"looks unlike the clips this model was trained on**: {why}." in text
     assert "unlike" not in webapp.clip_info("a.mp4", clip, 0.5, NS(perception=None, in_domain=True, unfamiliar=None))
+
+
+def test_the_page_warms_the_clip_path_up_and_starts_when_that_fails(tiny_app, monkeypatch, caplog):
+    webapp, qa = tiny_app
+    calls = []
+    monkeypatch.setattr(qa, "warm_up", lambda: calls.append(True) or 0.5)
+    with caplog.at_level("INFO", logger="vqa.webapp"):
+        webapp.build_demo(webapp.UNTRAINED)
+    assert calls == [True] and "clip path warmed up in 0.5 s" in caplog.text
+    caplog.clear()
+
+    def broken():
+        raise RuntimeError("a sense's weights are unreadable")
+
+    monkeypatch.setattr(qa, "warm_up", broken)
+    with caplog.at_level("WARNING", logger="vqa.webapp"):
+        demo = webapp.build_demo(webapp.UNTRAINED)  # the page still starts
+    assert demo is not None and "could not warm the clip path up (a sense's weights are unreadable)" in caplog.text

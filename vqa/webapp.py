@@ -447,8 +447,10 @@ def build_demo(model: str | None = None) -> gr.Blocks:
         model = UNTRAINED
         MODELS.get(model)
     DEFAULT["model"] = model
-    seconds = MODELS.get(model).warm_up()  # one-time costs now, not on the first user's clip
-    log.info("clip path warmed up in %.1f s", seconds)
+    try:  # one-time costs now, not on the first user's clip
+        log.info("clip path warmed up in %.1f s", MODELS.get(model).warm_up())
+    except Exception as e:  # only an optimisation: whatever failed shows on a clip, with its own message
+        log.warning("could not warm the clip path up (%s); the first clip pays its one-time costs", e)
     examples = page_examples()
     for path, _ in examples:  # the copy gr.Examples hands every session: no session's to delete
         SESSIONS.keep(processing_utils.save_file_to_cache(path, str(SESSIONS.folder)), path)
