@@ -177,7 +177,8 @@ class Fused:
         else:
             self.linears = [Linear(w, b, kind) for w, b in parts]
 
-    def __call__(self, x: torch.Tensor, calls: tuple[int, ...] = ()) -> list[torch.Tensor]:  # (..., in) -> [(..., out_i)]
+    def __call__(self, x: torch.Tensor, calls: tuple[int, ...] = ()) -> list[torch.Tensor]:
+        # (..., in) -> [(..., out_i)]
         if len(self.linears) == 1 and len(self.sizes) > 1:
             return list(self.linears[0](x, calls).split(self.sizes, dim=-1))
         return [lin(x, calls) for lin in self.linears]
