@@ -93,3 +93,15 @@ def test_bad_config_and_missing_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("VQA_ADAPTERS_DIR", str(tmp_path / "none"))
     with pytest.raises(BundleError, match="vqa train"):
         VideoQA.from_pretrained()
+
+
+def test_building_and_saving_a_bundle_warns_of_nothing(tmp_path):
+    """A user's `vqa ask` or `vqa finetune` prints no library warnings they can do nothing about (peft's
+    use of a deprecated transformers alias; a Hub lookup of a bundled LLM's name when saving)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qa = VideoQA.untrained(tiny_config(), seed=1)
+        qa.save_pretrained(tmp_path / "b")
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, UserWarning))] == []

@@ -302,3 +302,20 @@ def test_hub_id_from_local_hub_cache_without_network(folder, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "loaded", proc.stdout
+
+
+def test_a_folder_loads_without_a_progress_bar_and_leaves_the_setting_alone(tmp_path, capfd):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from tests.helpers import tiny_llm
+
+    _, tokenizer = llm.load_llm()
+    tiny_llm(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    model, _ = llm.load_llm(str(tmp_path))
+    assert isinstance(model, LlamaForCausalLM) and isinstance(model.config, LlamaConfig)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # hub downloads keep their bars

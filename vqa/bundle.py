@@ -110,7 +110,9 @@ def save_bundle(model, folder: str | Path) -> Path:
     if model.config.lora is not None:
         from peft import get_peft_model_state_dict
 
-        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model.llm).items()}
+        # the LoRA leaves the embeddings alone; "auto" would look the base model up on the Hub to check its vocabulary
+        state = get_peft_model_state_dict(model.llm, save_embedding_layers=False)
+        lora = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         _atomic(folder / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(lora, str(tmp), metadata={"format": "pt"}))
         peft_config = model.llm.peft_config["default"]
         peft_config.base_model_name_or_path = model.config.llm

@@ -21,9 +21,11 @@ for a full check by hand (`sha256sum`), which costs a second or two per load.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
-import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,7 +36,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 # MARKER and cache_root stay importable from here
 from vqa.cache import (  # noqa: F401
-    LOCK_TIMEOUT_S, MARKER, build_once, cache_root, file_key, manifest_problem, write_manifest,
+    LOCK_TIMEOUT_S,
+    MARKER,
+    build_once,
+    cache_root,
+    file_key,
+    manifest_problem,
+    write_manifest,
 )
 from vqa.cache import sha256 as _sha256
 from vqa.config import DEFAULT_LLM
@@ -85,7 +93,8 @@ def load_llm(
     """Load a causal LM and its tokenizer by bundled name, local folder or hub id; the model is in eval mode."""
     if name.startswith(BUNDLED_PREFIX):
         folder = bundled_folder(name)
-        model, tokenizer = _from_pretrained(str(folder), dtype)
+        with _no_progress_bar():
+            model, tokenizer = _from_pretrained(str(folder), dtype)
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         if not (folder / "config.json").is_file():
@@ -93,7 +102,8 @@ def load_llm(
                 f"{folder} has no config.json, so it is not a Hugging Face model folder "
                 f"(write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))"
             )
-        model, tokenizer = _from_pretrained(str(folder), dtype)
+        with _no_progress_bar():
+            model, tokenizer = _from_pretrained(str(folder), dtype)
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:  # a hub id is "org/model"
         raise FileNotFoundError(f"LLM folder {name!r} does not exist")
     else:
@@ -211,6 +221,21 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
     source = {"file": str(gguf), "size": gguf.stat().st_size, "key": file_key(gguf)}
     write_manifest(folder, CACHE_FORMAT, source=source, transformers=transformers.__version__)
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """No "Loading weights" bar for a folder on disk: it reads in well under a second, and a bar would be all
+    a `vqa ask` user sees printed besides the answer. Downloads from the hub keep theirs."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -62,7 +63,9 @@ def add_lora(llm: nn.Module, config: ModelConfig) -> nn.Module:
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
     )
-    return get_peft_model(llm, peft_config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the user can do nothing about it
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(llm, peft_config)
 
 
 class VideoLLM(nn.Module):
