@@ -237,3 +237,19 @@ def test_holdout_splits_by_clip_with_at_least_one_and_never_all():
     assert len({r["video"] for r in held}) == 1 and train
     with pytest.raises(ValueError, match="pass --val"):
         data.split_holdout(records[:3], 0.1)
+
+
+def test_a_folder_of_clips_without_qa_jsonl_is_told_what_to_write(tmp_path):
+    from vqa.data.records import DatasetError, read_qa
+
+    (tmp_path / "clips").mkdir()
+    for name in ("b.MOV", "a.mp4", "notes.txt"):
+        (tmp_path / "clips" / name).write_bytes(b"x")
+    with pytest.raises(DatasetError) as e:
+        read_qa(tmp_path)
+    message = str(e.value)
+    assert "has no qa.jsonl" in message and "2 clips (clips/a.mp4, clips/b.MOV)" in message
+    example = json.loads(message.split("\n")[1])  # the example line is a record for the first clip
+    assert example["video"] == "clips/a.mp4" and example["conversations"][0]["value"].startswith("<video>\n")
+    with pytest.raises(DatasetError, match="dataset folder .* does not exist"):
+        read_qa(tmp_path / "nowhere")

@@ -18,6 +18,29 @@ import numpy as np
 from ..prompt import normalize_messages
 
 QA_FILE = "qa.jsonl"
+# what a folder of a user's own clips usually holds, to show them a first line of qa.jsonl
+CLIP_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".3gp", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
+class DatasetError(FileNotFoundError):
+    """A dataset folder, or its qa.jsonl, is not there: the message says what to write."""
+
+
+def no_dataset(folder: Path) -> str:
+    """Why `folder` is not a dataset and how to make it one, naming clips it already holds."""
+    if not folder.is_dir():
+        return f"dataset folder {folder} does not exist"
+    clips = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in CLIP_SUFFIXES)
+    example = clips[0] if clips else "clips/dog.mp4"
+    turns = [{"from": "human", "value": "<video>\nWhat animal can you hear?"},
+             {"from": "gpt", "value": "A dog barking."}]
+    line = json.dumps({"video": example, "conversations": turns})
+    held = (f"it holds {len(clips)} clip{'s' * (len(clips) != 1)} ({', '.join(clips[:3])}{', ...' * (len(clips) > 3)})"
+            if clips else "it holds no clips yet")
+    return (f"{folder} has no {QA_FILE}, so there is nothing to learn from yet ({held}). Write one question and "
+            f"its answer per line, the clip's path relative to the folder, for example:\n  {line}\n"
+            f"(README, \"Train on your own clips\"; `vqa data convert` turns public datasets into this form)")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -45,6 +68,8 @@ def read_qa(folder: str | Path) -> list[dict]:
     """Every record of a dataset's qa.jsonl, checked: a `video` path and a conversation that starts with the
     user and has at least one answer; `messages` holds it as role/content dicts."""
     path = Path(folder) / QA_FILE
+    if not path.is_file():
+        raise DatasetError(no_dataset(Path(folder)))
     records = read_jsonl(path)
     for r in records:
         where = f"{path}:{r['line']}"
