@@ -183,3 +183,32 @@ def test_a_finetune_on_clips_marked_unfamiliar_learns_to_read_the_line(dataset, 
     assert len(flagged) == 3
     assert {k for k in texts if k.endswith("#unfamiliar")} == {f"{v}#unfamiliar" for v in flagged}
     assert all(UNFAMILIAR in texts[f"{v}#unfamiliar"] and UNFAMILIAR not in texts[v] for v in flagged)
+
+
+def test_a_second_run_into_a_folder_being_trained_is_refused(dataset, base_bundle, tmp_path, capsys):
+    """While one run writes to a folder, another into it would resume from checkpoints still being written
+    and write the bundle too: it stops at once, naming the folder. A lock held by a process that died goes
+    with it, so a run stopped any way resumes."""
+    import subprocess
+    import sys
+
+    from vqa.cli import main
+    from vqa.train.loop import LOCK
+
+    training = tmp_path / "mine" / "training"
+    training.mkdir(parents=True)
+    hold = (f"import time; from filelock import FileLock; lock = FileLock({str(training / LOCK)!r}); "
+            "lock.acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = main(["finetune", str(dataset), "--out", str(tmp_path / "mine"), "--base", str(base_bundle),
+                     "--steps", "2", "--batch-size", "4", "--workers", "1"])
+        assert code == 2
+        assert f"another training run is writing to {training}" in capsys.readouterr().err
+        assert not (training / "checkpoints").exists() and not (training / "log.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["finetune", str(dataset), "--out", str(tmp_path / "mine"), "--base", str(base_bundle),
+                 "--steps", "2", "--batch-size", "4", "--workers", "1"]) == 0

@@ -80,12 +80,13 @@ def finetune(data: str, out: str, llm=None, tokenizer=None, command: str | None 
 
 def cli(args) -> int:
     from .bundle import BundleError
+    from .train.loop import RunningError
 
     try:
         finetune(args.data, args.out, command=_command(args), base=args.base, val=args.val, steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, train_encoder=args.train_encoder, chat=args.chat,
                  workers=args.workers, perception_tokens=args.perception_tokens, turns=args.turns)
-    except (BundleError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (BundleError, FileNotFoundError, FileExistsError, ValueError, RunningError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote the bundle to {args.out}; ask it with: vqa ask CLIP QUESTION --adapter {args.out}")

@@ -6,10 +6,14 @@ optimiser, schedule, RNG streams and data position as if never stopped.
 """
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from .. import bundle
 from ..config import ModelConfig
@@ -25,10 +29,20 @@ from .recipe import load_recipe
 from .runlog import LOG, RunLog, last_val
 from .stage import PLOT, Run, parts_of, run_stage
 
+LOCK = ".running"  # in out_dir while a run writes there
+
+
+class RunningError(RuntimeError):
+    """Another training run is writing to the same output folder."""
+
 
 def cli(args) -> int:
     model_config, train_config = load_config(args.config)
-    train(model_config, train_config, config_path=args.config)
+    try:
+        train(model_config, train_config, config_path=args.config)
+    except RunningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -54,6 +68,30 @@ def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=No
     set_seed(config.seed)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+    with claim(out) if main else nullcontext():
+        return _run(accelerator, main, out, precisions, device_kind, model_config, config, llm, tokenizer,
+                    config_path, command)
+
+
+@contextmanager
+def claim(out: Path) -> Iterator[None]:
+    """Hold `out` for this run: a second run into the same folder would resume from this one's checkpoints
+    while it still writes them, and both would write the bundle. The lock goes with the process that holds it."""
+    lock = FileLock(out / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunningError(f"another training run is writing to {out} (it holds {out / LOCK}); let it finish, "
+                           f"stop it and run this command again to resume it, or give another output folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run(accelerator, main: bool, out: Path, precisions: list[str], device_kind: str, model_config: ModelConfig,
+         config: TrainConfig, llm, tokenizer, config_path: str | None, command: str | None):
+    from ..model import VideoLLM
 
     # ---- recipe and data: the main process makes missing splits and feature caches first ----
     recipe = load_recipe(config.recipe, config.recipe_options)
@@ -72,8 +110,6 @@ def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=No
         model_config.unfamiliar_line = True  # it learns what the line means, so it is served with it
 
     # ---- model ----
-    from ..model import VideoLLM
-
     if llm is None:
         from ..llm import load_llm
 
