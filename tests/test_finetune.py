@@ -212,3 +212,35 @@ def test_a_second_run_into_a_folder_being_trained_is_refused(dataset, base_bundl
         holder.wait()
     assert main(["finetune", str(dataset), "--out", str(tmp_path / "mine"), "--base", str(base_bundle),
                  "--steps", "2", "--batch-size", "4", "--workers", "1"]) == 0
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(dataset, base_bundle, tmp_path, monkeypatch, capsys):
+    from vqa.cli import main
+    from vqa.train import checkpoint
+
+    publish = checkpoint.publish
+
+    def publish_then_stop(tmp, final, keep):
+        publish(tmp, final, keep)
+        if final.name == "step-000005":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "publish", publish_then_stop)
+    out = tmp_path / "mine"
+    args = ["finetune", str(dataset), "--out", str(out), "--base", str(base_bundle), "--steps", "10",
+            "--batch-size", "4", "--workers", "1"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = out / "training" / "checkpoints" / "step-000005"
+    assert f"stopped: its last checkpoint, {last}, keeps it up to step 5" in err
+    assert f"vqa finetune {dataset} --out {out}" in err and "--steps 10" in err
+    monkeypatch.setattr(checkpoint, "publish", publish)
+    assert main(args) == 0 and "resuming from" in capsys.readouterr().out
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_told_it_starts_again(tmp_path):
+    from vqa.train.loop import interrupted
+
+    message = interrupted(tmp_path, "vqa train --config configs/avsynth.yaml")
+    assert "no checkpoint yet" in message and message.endswith("\n  vqa train --config configs/avsynth.yaml")

@@ -80,7 +80,7 @@ def finetune(data: str, out: str, llm=None, tokenizer=None, command: str | None 
 
 def cli(args) -> int:
     from .bundle import BundleError
-    from .train.loop import RunningError
+    from .train.loop import RunningError, interrupted
 
     try:
         finetune(args.data, args.out, command=_command(args), base=args.base, val=args.val, steps=args.steps,
@@ -89,6 +89,9 @@ def cli(args) -> int:
     except (BundleError, FileNotFoundError, FileExistsError, ValueError, RunningError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted(Path(args.out) / RUN_DIR, _command(args)), file=sys.stderr)
+        return 130
     print(f"wrote the bundle to {args.out}; ask it with: vqa ask CLIP QUESTION --adapter {args.out}")
     return 0
 

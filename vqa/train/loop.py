@@ -43,7 +43,18 @@ def cli(args) -> int:
     except RunningError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted(Path(train_config.out_dir), f"vqa train --config {args.config}"), file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted(out_dir: Path, command: str) -> str:
+    """What a user who stopped a run (Ctrl-C) keeps, and how to go on."""
+    found = checkpoint.list_checkpoints(out_dir)
+    kept = (f"its last checkpoint, {found[-1]}, keeps it up to step {int(found[-1].name[len(checkpoint.PREFIX):])}"
+            if found else "it had written no checkpoint yet, so it starts again from the beginning")
+    return f"\nstopped: {kept}. The same command goes on:\n  {command}"
 
 
 def train(model_config: ModelConfig, config: TrainConfig, llm=None, tokenizer=None, config_path: str | None = None,
