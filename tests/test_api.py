@@ -87,6 +87,8 @@ def test_bad_inputs_raise_media_error(qa, tmp_path):
         qa.ask(text, "What is this?")
     with pytest.raises(MediaError, match="no such file"):
         qa.ask(tmp_path / "missing.mp4", "What is this?")
+    with pytest.raises(MediaError, match="https://example.com/clip.mp4 is a web address"):
+        qa.ask("https://example.com/clip.mp4", "What is this?")
 
 
 def test_max_duration_refuses_a_clip_whose_header_has_no_duration(qa, tmp_path, monkeypatch):

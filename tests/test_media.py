@@ -344,11 +344,12 @@ def bad_files(folder):
         "audio only": (mf.write_audio_only(folder / "audio_only.mp4"), "no video stream"),
         "missing": (folder / "missing.mp4", "no such file"),
         "folder": (folder, "not a file"),
+        "web address": ("https://example.com/clip.mp4", "is a web address: .* download it first"),
     }
 
 
 @pytest.mark.parametrize("kind", ["random bytes", "random bytes named .bin", "text", "empty", "truncated",
-                                  "audio only", "missing", "folder"])
+                                  "audio only", "missing", "folder", "web address"])
 def test_bad_files_raise_media_error_quickly(bad_files, kind):
     path, message = bad_files[kind]
     t0 = time.perf_counter()

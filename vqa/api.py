@@ -36,7 +36,7 @@ from .config import ModelConfig
 from .decoder import KVCache, common_prefix, cut_back
 from .features import clip_features
 from .limits import MAX_CONVERSATION_TOKENS, MAX_QUESTION_TOKENS, check_history, check_question, fit_history
-from .media import Clip, MediaError, load_clip, load_views
+from .media import Clip, MediaError, load_clip, load_views, local_path
 from .prompt import EncodedPrompt, with_video
 
 if TYPE_CHECKING:
@@ -427,7 +427,7 @@ def _content_key(video, config: ModelConfig) -> str:
         h.update(np.ascontiguousarray(video.frames).tobytes())
         h.update(np.ascontiguousarray(video.audio).tobytes())
     else:
-        path = Path(video)
+        path = local_path(video)
         if path.is_dir():
             raise MediaError(f"{path} is a folder, not a video file")
         if not path.is_file():

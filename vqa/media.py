@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,16 @@ def load_clip(
     return load_views(path, [(num_frames, size)], sample_rate, audio, max_duration)[0]
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def local_path(path: str | Path) -> Path:
+    """`path` as a Path; a web address (which Path would quietly turn into a file name) is refused plainly."""
+    if isinstance(path, str) and _URL.match(path) and not Path(path).exists():
+        raise MediaError(f"{path} is a web address: vqa reads video files on this machine, so download it first")
+    return Path(path)
+
+
 def load_views(
     path: str | Path,
     views: list[tuple[int, int]],
@@ -126,7 +137,7 @@ def load_views(
             raise ValueError(f"size must be >= 1, got {size}")
     if max_duration is not None and not max_duration > 0:
         raise ValueError(f"max_duration must be > 0 seconds, got {max_duration}")
-    path = Path(path)
+    path = local_path(path)
     if not path.exists():
         raise MediaError(f"{path}: no such file")
     if not path.is_file():
