@@ -36,13 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 # MARKER and cache_root stay importable from here
 from vqa.cache import (  # noqa: F401
-    LOCK_TIMEOUT_S,
-    MARKER,
-    build_once,
-    cache_root,
-    file_key,
-    manifest_problem,
-    write_manifest,
+    LOCK_TIMEOUT_S, MARKER, build_once, cache_root, file_key, manifest_problem, write_manifest,
 )
 from vqa.cache import sha256 as _sha256
 from vqa.config import DEFAULT_LLM
@@ -93,8 +87,6 @@ def load_llm(
     """Load a causal LM and its tokenizer by bundled name, local folder or hub id; the model is in eval mode."""
     if name.startswith(BUNDLED_PREFIX):
         folder = bundled_folder(name)
-        with _no_progress_bar():
-            model, tokenizer = _from_pretrained(str(folder), dtype)
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         if not (folder / "config.json").is_file():
@@ -102,12 +94,15 @@ def load_llm(
                 f"{folder} has no config.json, so it is not a Hugging Face model folder "
                 f"(write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))"
             )
-        with _no_progress_bar():
-            model, tokenizer = _from_pretrained(str(folder), dtype)
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:  # a hub id is "org/model"
         raise FileNotFoundError(f"LLM folder {name!r} does not exist")
     else:
+        folder = None
+    if folder is None:
         model, tokenizer = _from_hub(name, dtype)
+    else:
+        with _no_progress_bar():
+            model, tokenizer = _from_pretrained(str(folder), dtype)
 
     # pad = eos when the tokenizer has none, so batches and generate() need no extra token
     if tokenizer.pad_token is None:

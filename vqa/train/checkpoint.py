@@ -52,7 +52,12 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=step_of)
+
+
+def step_of(folder: Path) -> int:
+    """The global step a checkpoint folder (`step-000123`) was saved at."""
+    return int(folder.name[len(PREFIX):])
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

@@ -52,7 +52,7 @@ def cli(args) -> int:
 def interrupted(out_dir: Path, command: str) -> str:
     """What a user who stopped a run (Ctrl-C) keeps, and how to go on."""
     found = checkpoint.list_checkpoints(out_dir)
-    kept = (f"its last checkpoint, {found[-1]}, keeps it up to step {int(found[-1].name[len(checkpoint.PREFIX):])}"
+    kept = (f"its last checkpoint, {found[-1]}, keeps it up to step {checkpoint.step_of(found[-1])}"
             if found else "it had written no checkpoint yet, so it starts again from the beginning")
     return f"\nstopped: {kept}. The same command goes on:\n  {command}"
 
