@@ -300,6 +300,19 @@ def test_looking_ahead_keeps_greedy_tokens(tokenizer, monkeypatch):
         assert greedy([], 7, 2) == plain[:7]
 
 
+def test_a_decode_steps_rope_as_one_product_turns_as_rope_does():
+    from vqa.decoder import _rotate_half, _rotation
+
+    g = torch.Generator().manual_seed(0)
+    angles = torch.rand(2, 1, 3, 4, generator=g) * 100  # (B, 1, L, hs / 2): positions times frequencies
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    x = torch.randn(2, 3, 5, 8, generator=g)  # (B, L, heads, hs)
+    turned = torch.matmul(x[:, :, :, None], _rotation(cos, sin)[:, :, None])[:, :, :, 0]
+    expected = x.transpose(1, 2) * cos + _rotate_half(x.transpose(1, 2)) * sin  # (B, heads, L, hs)
+    torch.testing.assert_close(turned.transpose(1, 2), expected, rtol=0, atol=1e-6)
+
+
 def test_lookup_finds_what_followed_the_last_tokens():
     assert lookup([1, 2, 3, 9, 8, 1, 2, 3], 2) == [9, 8]
     assert lookup([5, 1, 2, 7, 1, 2], 3) == [7, 1, 2]  # the latest earlier occurrence of the last two

@@ -107,6 +107,8 @@ class Linear:
         weights widen for them, see WIDEN); () for decode steps."""
         if self.kind == "fp32":
             return F.linear(x, self.w, self.bias)
+        if x.dim() == 2 and self.kind == "int8" and not (calls and WIDEN) and self.bias is None:  # a decode step
+            return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale)
         if self.kind == "fp16":
             y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), self.w)
         elif self.kind == "bf16":
@@ -361,7 +363,7 @@ class Decoder:
         variance = x.pow(2).mean(-1, keepdim=True)
         return weight * (x * torch.rsqrt(variance + self.eps))
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: a few microseconds less on each of a step's ops
     @torch.autocast("cpu", enabled=False)  # not a caller's (vqa eval's bf16): the GEMMs pick their own types
     def forward(self, embeds: torch.Tensor, cache: KVCache, all_logits: bool = False, prompt: bool = False,
                 marks: tuple[int, ...] = ()) -> torch.Tensor:
@@ -392,32 +394,33 @@ class Decoder:
         calls = tuple(B * (b - a) for a, b in zip(parts, parts[1:])) if prompt else ()  # the GEMMs' rows
         cos, sin = self._rope(positions)
         x = embeds.to(self.dtype)
+        if self.mode == "fast" and len(self.layers[0].qkv.linears) == 1:
+            x = self._fast_layers(x, cache, cos, sin, mask, causal, bounds, parts, calls, prompt)
+        else:
+            x = self._exact_layers(x, cache, cos, sin, mask, causal, bounds, parts, calls)
+        cache.length = end
+        x = x if all_logits else x[:, -1]
+        return self.head(self._norm(x, self.norm))
+
+    def _exact_layers(self, x: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor,
+                      mask: torch.Tensor | None, causal: bool, bounds: list[int], parts: list[int],
+                      calls: tuple[int, ...]) -> torch.Tensor:
+        """The layers as transformers runs them, op for op (exact mode; fast mode with unfused weights)."""
+        B, L, _ = x.shape
+        start, end = cache.length, cache.length + L
         nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
-        # fast mode's q, k and v come from one GEMM: rope turns q and k in one go, and one position's
-        # attention takes each key/value head's queries as rows (no keys repeated per query head)
-        fused_qkv = self.mode == "fast" and len(self.layers[0].qkv.linears) == 1
-        grouped = self.mode == "fast" and L == 1 and mask is None
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attn_norm)
-            if fused_qkv:
-                qkv = layer.qkv.linears[0].raw(h, calls).view(B, L, nh + 2 * nkv, hs).transpose(1, 2)
-                qk = qkv[:, :nh + nkv]
-                qk = qk * cos + _rotate_half(qk) * sin  # (B, nh + nkv, L, hs), fp32
-                q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv:]
-            else:
-                q, k, v = layer.qkv(h, calls)
-                q = q.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
-                k = k.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
-                v = v.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+            q, k, v = layer.qkv(h, calls)
+            q = q.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
+            k = k.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
+            v = v.view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
             cache.k[i][:, :, start:end] = k
             cache.v[i][:, :, start:end] = v
             keys_i, values_i = cache.k[i][:, :, :end], cache.v[i][:, :, :end]  # (B, nkv, end, hs)
-            if grouped:  # query head j uses key/value head j // (nh / nkv), as enable_gqa repeats them
-                y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), keys_i, values_i,
-                                                   scale=self.scale).reshape(B, nh, 1, hs)
-            elif bounds:
+            if bounds:
                 y = self._attend_in_parts(q, keys_i, values_i, start, parts)
             else:
                 y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
@@ -426,9 +429,46 @@ class Decoder:
             h = self._norm(x, layer.mlp_norm)
             gate, up = layer.gate_up(h, calls)
             x = x + layer.down.raw(F.silu(gate) * up, calls)
-        cache.length = end
-        x = x if all_logits else x[:, -1]
-        return self.head(self._norm(x, self.norm))
+        return x
+
+    def _fast_layers(self, x: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor,
+                     mask: torch.Tensor | None, causal: bool, bounds: list[int], parts: list[int],
+                     calls: tuple[int, ...], prompt: bool) -> torch.Tensor:
+        """The layers in as few ops as the same arithmetic allows (fast mode, fused weights): the rows stay
+        (B * L, H); q, k and v come from one GEMM, and rope turns q and k in one go (in a decode step, one
+        batched product with each position's rotation, built once for all layers); a one-position step's
+        attention takes each key/value head's queries as rows (no keys repeated per query head)."""
+        B, L, H = x.shape
+        start, end = cache.length, cache.length + L
+        nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
+        x = x.reshape(B * L, H)
+        turn = None if prompt else _rotation(cos, sin).view(B * L, hs, hs)
+        grouped = L == 1 and mask is None
+        for i, layer in enumerate(self.layers):
+            h = F.rms_norm(x, (H,), layer.attn_norm, self.eps)  # one fused op, bitwise exact mode's
+            qkv = layer.qkv.linears[0].raw(h, calls).float().view(B * L, nh + 2 * nkv, hs)
+            if turn is None:
+                qk = qkv.view(B, L, nh + 2 * nkv, hs).transpose(1, 2)[:, :nh + nkv]
+                qk = qk * cos + _rotate_half(qk) * sin  # (B, nh + nkv, L, hs)
+            else:
+                qk = torch.bmm(qkv[:, :nh + nkv], turn).view(B, L, nh + nkv, hs).transpose(1, 2)
+            cache.k[i].narrow(2, start, L).copy_(qk[:, nh:])
+            cache.v[i].narrow(2, start, L).copy_(qkv[:, nh + nkv:].view(B, L, nkv, hs).transpose(1, 2))
+            keys_i, values_i = cache.k[i].narrow(2, 0, end), cache.v[i].narrow(2, 0, end)  # (B, nkv, end, hs)
+            q = qk[:, :nh]
+            if grouped:  # query head j uses key/value head j // (nh / nkv), as enable_gqa repeats them
+                y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), keys_i, values_i,
+                                                   scale=self.scale)
+            elif bounds:
+                y = self._attend_in_parts(q, keys_i, values_i, start, parts).transpose(1, 2)
+            else:
+                y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
+                                                   scale=self.scale, enable_gqa=True).transpose(1, 2)
+            x = x + layer.o.raw(y.reshape(B * L, nh * hs), calls)
+            h = F.rms_norm(x, (H,), layer.mlp_norm, self.eps)
+            gate, up = layer.gate_up.linears[0].raw(h, calls).float().split(layer.gate_up.sizes, dim=-1)
+            x = x + layer.down.raw(F.silu(gate) * up, calls)
+        return x.view(B, L, H)
 
     def _attend_in_parts(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
                          bounds: list[int]) -> torch.Tensor:
@@ -585,6 +625,18 @@ def lookup(ids: list[int], n: int, longest: int = 3) -> list[int]:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rope as a product: R (B, L, hs, hs) with x @ R[b, l] = x * cos + _rotate_half(x) * sin at each
+    position, for tables cos, sin (B, 1, L, hs)."""
+    B, _, L, hs = cos.shape
+    half, idx = hs // 2, torch.arange(hs)
+    R = torch.zeros(B, L, hs, hs)
+    R[:, :, idx, idx] = cos[:, 0]
+    R[:, :, idx[half:], idx[:half]] = -sin[:, 0, :, :half]  # rotate_half(x)[j] = -x[j + half] for j < half
+    R[:, :, idx[:half], idx[half:]] = sin[:, 0, :, half:]  # and x[j - half] from half on
+    return R
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
