@@ -394,7 +394,7 @@ class Decoder:
         calls = tuple(B * (b - a) for a, b in zip(parts, parts[1:])) if prompt else ()  # the GEMMs' rows
         cos, sin = self._rope(positions)
         x = embeds.to(self.dtype)
-        if self.mode == "fast" and len(self.layers[0].qkv.linears) == 1:
+        if self.mode == "fast":  # its q/k/v and gate/up weights are fused (`Fused`)
             x = self._fast_layers(x, cache, cos, sin, mask, causal, bounds, parts, calls, prompt)
         else:
             x = self._exact_layers(x, cache, cos, sin, mask, causal, bounds, parts, calls)
@@ -405,7 +405,7 @@ class Decoder:
     def _exact_layers(self, x: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor,
                       mask: torch.Tensor | None, causal: bool, bounds: list[int], parts: list[int],
                       calls: tuple[int, ...]) -> torch.Tensor:
-        """The layers as transformers runs them, op for op (exact mode; fast mode with unfused weights)."""
+        """The layers as transformers runs them, op for op (exact mode)."""
         B, L, _ = x.shape
         start, end = cache.length, cache.length + L
         nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
