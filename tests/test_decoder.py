@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from tests.helpers import tiny_config, tiny_llm, write_clip
-from vqa.decoder import Decoder, common_prefix, lookup, pick, unsupported_reason
+from vqa.decoder import Decoder, _rotate_half, _rotation, common_prefix, lookup, pick, unsupported_reason
 from vqa.model import VideoLLM
 
 
@@ -301,8 +301,6 @@ def test_looking_ahead_keeps_greedy_tokens(tokenizer, monkeypatch):
 
 
 def test_a_decode_steps_rope_as_one_product_turns_as_rope_does():
-    from vqa.decoder import _rotate_half, _rotation
-
     g = torch.Generator().manual_seed(0)
     angles = torch.rand(2, 1, 3, 4, generator=g) * 100  # (B, 1, L, hs / 2): positions times frequencies
     emb = torch.cat((angles, angles), dim=-1)

@@ -107,19 +107,17 @@ class Linear:
         weights widen for them, see WIDEN); () for decode steps."""
         if self.kind == "fp32":
             return F.linear(x, self.w, self.bias)
-        if x.dim() == 2 and self.kind == "int8" and not (calls and WIDEN) and self.bias is None:  # a decode step
-            return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale)
+        rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a fast decode step's rows are 2-D already
         if self.kind == "fp16":
-            y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), self.w)
+            y = torch.ops.quantized.linear_dynamic_fp16(rows, self.w)
         elif self.kind == "bf16":
-            y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.w)
+            y = F.linear(rows.to(torch.bfloat16), self.w)
+        elif calls and WIDEN:
+            y = _widened_mm(rows.to(torch.bfloat16), self.w, calls) * self.scale
         else:
-            xb = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            if calls and WIDEN:
-                y = _widened_mm(xb, self.w, calls) * self.scale
-            else:
-                y = torch.ops.aten._weight_int8pack_mm(xb, self.w, self.scale)
-        y = y.view(*x.shape[:-1], self.out_features)
+            y = torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16), self.w, self.scale)
+        if x.dim() != 2:
+            y = y.view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y.float() + self.bias
 
     def nbytes(self) -> int:
@@ -395,17 +393,19 @@ class Decoder:
         cos, sin = self._rope(positions)
         x = embeds.to(self.dtype)
         if self.mode == "fast":  # its q/k/v and gate/up weights are fused (`Fused`)
-            x = self._fast_layers(x, cache, cos, sin, mask, causal, bounds, parts, calls, prompt)
+            x = self._fast_layers(x, cache, cos, sin, mask, causal, parts, calls)
         else:
-            x = self._exact_layers(x, cache, cos, sin, mask, causal, bounds, parts, calls)
+            x = self._exact_layers(x, cache, cos, sin, mask, causal, parts, calls)
         cache.length = end
         x = x if all_logits else x[:, -1]
         return self.head(self._norm(x, self.norm))
 
     def _exact_layers(self, x: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor,
-                      mask: torch.Tensor | None, causal: bool, bounds: list[int], parts: list[int],
-                      calls: tuple[int, ...]) -> torch.Tensor:
-        """The layers as transformers runs them, op for op (exact mode)."""
+                      mask: torch.Tensor | None, causal: bool, parts: list[int], calls: tuple[int, ...]
+                      ) -> torch.Tensor:
+        """The layers as transformers runs them, op for op (exact mode). `parts`: the positions from the
+        cache's end to the new end, with the marks between (attention split there); `calls`: the GEMMs'
+        rows per part, () in a decode step."""
         B, L, _ = x.shape
         start, end = cache.length, cache.length + L
         nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
@@ -420,7 +420,7 @@ class Decoder:
             cache.k[i][:, :, start:end] = k
             cache.v[i][:, :, start:end] = v
             keys_i, values_i = cache.k[i][:, :, :end], cache.v[i][:, :, :end]  # (B, nkv, end, hs)
-            if bounds:
+            if len(parts) > 2:
                 y = self._attend_in_parts(q, keys_i, values_i, start, parts)
             else:
                 y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
@@ -432,8 +432,8 @@ class Decoder:
         return x
 
     def _fast_layers(self, x: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor,
-                     mask: torch.Tensor | None, causal: bool, bounds: list[int], parts: list[int],
-                     calls: tuple[int, ...], prompt: bool) -> torch.Tensor:
+                     mask: torch.Tensor | None, causal: bool, parts: list[int], calls: tuple[int, ...]
+                     ) -> torch.Tensor:
         """The layers in as few ops as the same arithmetic allows (fast mode, fused weights): the rows stay
         (B * L, H); q, k and v come from one GEMM, and rope turns q and k in one go (in a decode step, one
         batched product with each position's rotation, built once for all layers); a one-position step's
@@ -442,10 +442,10 @@ class Decoder:
         start, end = cache.length, cache.length + L
         nh, nkv, hs = self.n_heads, self.n_kv, self.head_dim
         x = x.reshape(B * L, H)
-        turn = None if prompt else _rotation(cos, sin).view(B * L, hs, hs)
+        turn = None if calls else _rotation(cos, sin).view(B * L, hs, hs)  # a prompt keeps elementwise rope
         grouped = L == 1 and mask is None
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (H,), layer.attn_norm, self.eps)  # one fused op, bitwise exact mode's
+            h = self._norm(x, layer.attn_norm)
             qkv = layer.qkv.linears[0].raw(h, calls).float().view(B * L, nh + 2 * nkv, hs)
             if turn is None:
                 qk = qkv.view(B, L, nh + 2 * nkv, hs).transpose(1, 2)[:, :nh + nkv]
@@ -459,13 +459,13 @@ class Decoder:
             if grouped:  # query head j uses key/value head j // (nh / nkv), as enable_gqa repeats them
                 y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), keys_i, values_i,
                                                    scale=self.scale)
-            elif bounds:
+            elif len(parts) > 2:
                 y = self._attend_in_parts(q, keys_i, values_i, start, parts).transpose(1, 2)
             else:
                 y = F.scaled_dot_product_attention(q, keys_i, values_i, attn_mask=mask, is_causal=causal,
                                                    scale=self.scale, enable_gqa=True).transpose(1, 2)
             x = x + layer.o.raw(y.reshape(B * L, nh * hs), calls)
-            h = F.rms_norm(x, (H,), layer.mlp_norm, self.eps)
+            h = self._norm(x, layer.mlp_norm)
             gate, up = layer.gate_up.linears[0].raw(h, calls).float().split(layer.gate_up.sizes, dim=-1)
             x = x + layer.down.raw(F.silu(gate) * up, calls)
         return x.view(B, L, H)
