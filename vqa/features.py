@@ -13,7 +13,6 @@ any sound: (log_mel - MEL_MEAN) / MEL_STD, see the constants for where they come
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 import torch
@@ -59,14 +58,6 @@ def _librosa_mel(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     """(M, n_fft // 2 + 1) float32 Slaney mel filterbank from librosa, built once per shape."""
     return torch.from_numpy(_librosa_mel(sample_rate, n_fft, n_mels)).float()
-
-
-def warmup() -> float:
-    """Build a tiny filterbank so librosa's first-call cost (imports, numba compilation) is paid
-    at start-up rather than on the first clip; returns the seconds it took."""
-    t0 = time.perf_counter()
-    _librosa_mel(8000, 64, 8)
-    return time.perf_counter() - t0
 
 
 def log_mel(
