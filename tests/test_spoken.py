@@ -12,6 +12,7 @@ from vqa.media import load_clip
 from vqa.spoken import check, questions
 from vqa.spoken.audio import espeak_missing
 from vqa.spoken.sentences import ASKED, LANGUAGES, SENTENCES
+from vqa.spoken.templated import TEMPLATES
 
 needs_espeak = pytest.mark.skipif(espeak_missing() is not None, reason=str(espeak_missing()))
 
@@ -33,7 +34,7 @@ def test_records_are_valid_and_typed(spoken):
     clips = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
     assert len(clips) == 8 and all((out / c["video"]).is_file() for c in clips)
     assert all((out / r["video"]).is_file() for r in records)
-    spoken_types = set(questions.ASK) | {"content"}
+    spoken_types = set(questions.ASK) | {"content", "unsaid"}
     avsynth = [r for r in records if r["video"].startswith("avsynth/")]
     assert avsynth and all(r["conversations"][1]["value"] == r["answer"] for r in avsynth)
     for r in records:
@@ -65,7 +66,8 @@ def test_clips_sound_as_their_records_say(spoken):
         if c["sound"] == "speech":
             assert c["language"] in LANGUAGES
             assert c["voice"].startswith("recording:") or (
-                all(x in SENTENCES[c["language"]] for x in c["sentences"]) and c["text"] == " ".join(c["sentences"]))
+                all(x in SENTENCES[c["language"]] or x == c.get("templated", {}).get("text") for x in c["sentences"])
+                and c["text"] == " ".join(c["sentences"]))
             assert all(c["text"] in s for s in said) and said
         else:
             assert all("Nobody speaks" in s for s in said)
@@ -136,6 +138,90 @@ def test_two_sentence_clips_ask_about_the_second_sentence():
     misheard = {**clip, "quote": f"{first} The bay be finally fell a sleep."}
     got = {kind: (q, a) for kind, q, a in questions.questions(misheard, np.random.default_rng(0), per_clip=20)}
     assert got["content"] == ("What is wet?", "The floor, according to the speaker.")
+
+
+def test_a_slot_is_found_in_the_transcript_however_whisper_writes_it():
+    from vqa.spoken.templated import find
+
+    assert find("You can reach the front desk on 555-0142.", "5550142") == "555-0142"
+    assert find("You can reach the front desk on 555 0142.", "5550142") == "555 0142"
+    assert find("Doctor Lewis will see you at 7 o'clock.", "7 o'clock") == "7 o'clock"
+    assert find("The store opens at 7.30 every morning.", "7:30") == "7.30"
+    assert find("Your table for twenty-one is ready.", "twenty one") == "twenty-one"
+    assert find("The ferry to Austin leaves soon.", "Boston") is None
+    assert find("The ferry leaves in 35 minutes.", "3") is None  # whole words only
+
+
+def _templated_clip(seed: int, kind: str) -> dict:
+    from vqa.spoken.templated import draw
+
+    rng = np.random.default_rng(seed)
+    while True:
+        said = draw(rng)
+        if said["kinds"] == [kind]:
+            text = said["text"]
+            return {"id": "x", "video": "clips/x.mp4", "sound": "speech", "language": "en", "text": text,
+                    "sentences": [text], "quote": text, "objects": None, "templated": said}
+
+
+def test_templated_clips_quote_their_slots_and_cannot_tell_what_the_sentence_does_not_say():
+    from vqa.spoken.templated import GENERIC, number_words
+
+    clip = _templated_clip(0, "number")
+    said = clip["templated"]
+    number = said["slots"][0]["forms"][0]  # in digits, as Whisper writes most numbers
+    words = said["slots"][0]["forms"][1]
+    quote = clip["text"].replace(words, number)
+    clip["quote"] = quote
+    assert number in quote and number_words(12) == "twelve" and number_words(35) == "thirty five"
+    got = [(kind, q, a) for kind, q, a in questions.questions(clip, np.random.default_rng(1), per_clip=20)]
+    content = [(q, a) for kind, q, a in got if kind == "content"]
+    reply = said["slots"][0]["answer"].format(number)
+    assert (said["slots"][0]["question"], f"{reply[0].upper()}{reply[1:]}, according to the speaker.") in content
+    generic = [(q, a) for q, a in content if q in GENERIC["number"]]
+    assert generic == [(generic[0][0], f"{number}, according to the speaker.")]
+    unsaid = [(q, a) for kind, q, a in got if kind == "unsaid"]
+    assert len(unsaid) == 1 and unsaid[0][1] == questions.UNKNOWN
+    assert unsaid[0][0] not in GENERIC["number"] and any(unsaid[0][0] in v for v in GENERIC.values())
+    # the unanswerable questions a number could answer are not asked over it, on any draw
+    asked = {q for seed in range(40) for kind, q, _ in questions.questions(clip, np.random.default_rng(seed), 20)
+             if kind == "unanswerable"}
+    assert asked and not asked & set(questions.SAYS["number"])
+    # a slot the transcript does not hold is not asked about; the unsaid kind still is (nothing else is heard)
+    misheard = {**clip, "quote": quote.replace(number, "many")}
+    kinds = [kind for kind, _, _ in questions.questions(misheard, np.random.default_rng(1), per_clip=20)]
+    assert "content" not in kinds and "unsaid" in kinds
+    # a transcript not supported at all: no slot questions (the quote kinds are skipped)
+    kinds = [kind for kind, _, _ in questions.questions(clip, np.random.default_rng(1), 20, skip=check.QUOTE_KINDS)]
+    assert "content" not in kinds and "unsaid" not in kinds
+
+
+def test_two_sentences_around_a_templated_one_ask_only_about_its_slots():
+    clip = _templated_clip(3, "name")
+    other = "Watch out, the floor is wet."
+    both = {**clip, "text": f"{other} {clip['text']}", "sentences": [other, clip["text"]],
+            "quote": f"{other} {clip['text']}"}
+    got = [(kind, q) for kind, q, _ in questions.questions(both, np.random.default_rng(0), per_clip=20)]
+    slot_question = clip["templated"]["slots"][0]["question"]
+    assert ("content", slot_question) in got and ("content", "What is wet?") in got
+    assert "unsaid" not in {kind for kind, _ in got}  # the other sentence might say any kind
+
+
+@needs_espeak
+def test_templated_speech_is_its_own_draw_and_says_its_sentence(tmp_path):
+    from vqa.spoken.generate import make_clip
+
+    for name in ("a", "b"):
+        (tmp_path / name / "clips").mkdir(parents=True)
+    index = next(i for i in range(200) if make_clip(tmp_path / "a", 5, i, [], 0.0)["sound"] == "speech")
+    plain = make_clip(tmp_path / "a", 5, index, [], 0.0)
+    slots = make_clip(tmp_path / "b", 5, index, [], 0.0, templated=1.0)
+    assert "templated" not in plain and slots["templated"]["text"] == slots["text"] == slots["sentences"][0]
+    assert slots["language"] == "en" and slots["voice"].split("+")[0] in ("en", "en-us", "en-gb-scotland", "en-029",
+                                                                          "en-gb-x-rp", "en-us-nyc")
+    assert slots.get("objects") == plain.get("objects") and slots.get("picture") == plain.get("picture")
+    again = make_clip(tmp_path / "b", 5, index, [], 0.0, templated=1.0)
+    assert again == slots  # clip i depends only on (seed, i)
 
 
 @needs_espeak
@@ -352,6 +438,8 @@ def test_the_real_clip_benchmark_is_well_formed_and_kept_apart_from_the_recipe()
         re.compile(item["reply"]), item["answer"] is None or re.compile(item["answer"])
         assert ("clip" in item) + ("speak" in item) + ("make" in item) == 1 and item["checked"]
         assert "speak" not in item or item["speak"]["text"] not in recipe  # never trained on
+        assert "speak" not in item or not any(re.fullmatch(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t[0])),
+                                                            item["speak"]["text"], re.I) for t in TEMPLATES)
     invented = "There are two objects: a white circle staying still and a purple triangle. There is only music."
     honest = ("The picture is unlike the clips I was trained on; the image classifier suggests: suit (it can be "
               "wrong). There is music, a melody of tones; nobody speaks.")

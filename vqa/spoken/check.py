@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
-SOUND_KINDS = ("said", "content", "language", "speaking", "music", "silent", "hear", "describe")
-QUOTE_KINDS = ("said", "content", "hear", "describe")
+SOUND_KINDS = ("said", "content", "unsaid", "language", "speaking", "music", "silent", "hear", "describe")
+QUOTE_KINDS = ("said", "content", "unsaid", "hear", "describe")
 LANGUAGE_KINDS = ("language", "speaking")  # answers that name the language spoken
 MIN_SIMILARITY = 0.6  # of the transcript to the sentence read (characters, after lower-casing)
 EXPECTED = {"speech": "speech", "music": "music", "noise": "other sound", "silence": "silence",

@@ -1,7 +1,7 @@
 """Write a spoken-clips dataset: DIR/clips/*.mp4, DIR/clips.jsonl (what each clip holds) and DIR/qa.jsonl.
 
     python -m vqa.spoken.generate --out data/spoken --clips 700 --seed 0 [--avsynth 0.3] [--perception-tokens 160]
-        [--unfamiliar 0.25] [--contrast]
+        [--unfamiliar 0.25] [--templated 0.5] [--contrast]
 
 Clip i depends only on (seed, i). A share of the clips (`--avsynth`) are plain AVSynth clips with their own
 questions, written by vqa.avsynth.generate into DIR/avsynth/ and listed in the same qa.jsonl, so a model
@@ -29,6 +29,7 @@ from .frames import gradient_frames, scene_frames, write_clip
 from .pictures import draw_picture, missing_sources, picture_frames
 from .questions import records
 from .sentences import LANGUAGES, SENTENCES, VARIANTS, VOICES
+from .templated import draw as template_draw
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ LEAD_S = 0.4  # silence before the speech starts
 PAUSE_S = (0.8, 1.6)  # between two sentences: Whisper writes them as two segments
 TWO_SENTENCES = 0.3  # of espeak-ng speech clips, two sentences: answers have to read past the first segment
 UNFAMILIAR = 0.25  # of spoken clips, marked unfamiliar
+TEMPLATED = 0.5  # of espeak-ng speech clips, an English sentence with slots (vqa.spoken.templated)
 LLM = "bundled:smollm2-135m-instruct"  # whose tokenizer counts the perception budget (the bundles' LLM)
 
 
@@ -53,9 +55,11 @@ def clip_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]], more: np.random.Generator,
-            two_sentences: float) -> tuple[dict, np.ndarray]:
+            two_sentences: float, templated: float = 0.0, slots: np.random.Generator | None = None
+            ) -> tuple[dict, np.ndarray]:
     """What is said and its sound. A share `two_sentences` of the espeak-ng clips say a second sentence of the
-    same language after a pause, drawn from `more` so that the other draws stay as they were without it."""
+    same language after a pause, drawn from `more` so that the other draws stay as they were without it; a share
+    `templated` say an English sentence with slots (vqa.spoken.templated), drawn from `slots` likewise."""
     if recorded and rng.random() < RECORDED_SHARE:
         path, text = recorded[int(rng.integers(len(recorded)))]
         return {"language": "en", "text": text, "voice": f"recording:{Path(path).stem}"}, audio.recording(path)
@@ -64,28 +68,38 @@ def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]], more: np.
     text = SENTENCES[language][int(rng.integers(len(SENTENCES[language])))]
     voice = str(rng.choice(VOICES[language])) + str(rng.choice(VARIANTS))
     speed, pitch = int(rng.integers(120, 185)), int(rng.integers(25, 75))
+    said = {}
+    if slots is not None and slots.random() < templated:
+        said["templated"] = template_draw(slots)
+        language, text = "en", said["templated"]["text"]
+        voice = str(slots.choice(VOICES["en"])) + str(slots.choice(VARIANTS))
     speech = audio.speak(text, voice, speed=speed, pitch=pitch)
     sentences = [text]
     if more.random() < two_sentences:
         second = str(more.choice([s for s in SENTENCES[language] if s != text]))
         pause = np.zeros(int(more.uniform(*PAUSE_S) * audio.RATE), np.float32)
-        speech = np.concatenate([speech, pause, audio.speak(second, voice, speed=speed, pitch=pitch)])
+        spoken = audio.speak(second, voice, speed=speed, pitch=pitch)
+        if "templated" in said and slots.random() < 0.5:  # the slots' sentence second: read past the first
+            speech, spoken, sentences = spoken, speech, [second]
+            second = text
+        speech = np.concatenate([speech, pause, spoken])
         sentences.append(second)
-    return ({"language": language, "text": " ".join(sentences), "sentences": sentences, "voice": voice},
+    return ({"language": language, "text": " ".join(sentences), "sentences": sentences, "voice": voice, **said},
             speech * np.float32(rng.uniform(0.5, 1.0)))
 
 
 def make_clip(out: Path, seed: int, index: int, recorded: list[tuple[str, str]], two_sentences: float = TWO_SENTENCES,
-              unfamiliar: float = 0.0) -> dict:
+              unfamiliar: float = 0.0, templated: float = 0.0) -> dict:
     """Draw, write and describe spoken clip `index`: {"id", "video", "sound", "language", "text" (all that is
     said), "sentences" (espeak-ng's, one or two), "voice", "objects" (AVSynth-style, None for a gradient or a
-    picture), "picture" (a real picture's path), "duration"}."""
+    picture), "picture" (a real picture's path), "duration", "templated" (its slots, where templated)}."""
     rng = clip_rng(seed, index)
     sound = str(rng.choice(list(SOUND_SHARES), p=list(SOUND_SHARES.values())))
     clip = {"id": f"spk-{index:06d}", "video": f"clips/spk-{index:06d}.mp4", "sound": sound,
             "language": None, "text": None, "voice": None}
     if sound == "speech":
-        said, speech = _speech(rng, recorded, clip_rng(seed, index + 2_000_000), two_sentences)
+        said, speech = _speech(rng, recorded, clip_rng(seed, index + 2_000_000), two_sentences, templated,
+                               clip_rng(seed, index + 5_000_000))
         clip.update(said)
         seconds = max(3.0, np.ceil((LEAD_S + len(speech) / audio.RATE + 0.4) * 2) / 2)
         track = np.zeros(int(seconds * audio.RATE), np.float32)
@@ -125,7 +139,7 @@ def perception(out: Path, videos: list[str], max_tokens: int, progress: bool, un
 
 def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, per_clip: int = 6,
              perception_tokens: int = 160, progress: bool = True, two_sentences: float = TWO_SENTENCES,
-             unfamiliar: float = UNFAMILIAR, contrast: bool = False) -> dict[str, int]:
+             unfamiliar: float = UNFAMILIAR, contrast: bool = False, templated: float = TEMPLATED) -> dict[str, int]:
     """Write `num_clips` clips (a share `avsynth` of them AVSynth) and qa.jsonl into `out`; returns record counts
     per type. `contrast`: each clip marked unfamiliar also comes unmarked, with its own questions and their
     familiar answers, and marked it holds back on every question about the objects: the line alone tells
@@ -140,6 +154,8 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
         raise ValueError(f"--two-sentences must be a share in [0, 1], got {two_sentences}")
     if not 0 <= unfamiliar <= 1:
         raise ValueError(f"--unfamiliar must be a share in [0, 1], got {unfamiliar}")
+    if not 0 <= templated <= 1:
+        raise ValueError(f"--templated must be a share in [0, 1], got {templated}")
     if audio.espeak_missing():
         raise FileNotFoundError(audio.espeak_missing())
     for notice in missing_sources():  # the recipe runs without them, on fewer kinds of picture
@@ -149,7 +165,7 @@ def generate(out: str | Path, num_clips: int, seed: int, avsynth: float = 0.3, p
     n_avsynth = int(round(avsynth * num_clips))
     recorded = audio.recordings()
     qa, avsynth_qa = [], []
-    clips = [make_clip(out, seed, index, recorded, two_sentences, unfamiliar) for index in
+    clips = [make_clip(out, seed, index, recorded, two_sentences, unfamiliar, templated) for index in
              tqdm(range(num_clips - n_avsynth), desc="spoken clips", unit="clip", disable=not progress)]
     if n_avsynth:
         from vqa.avsynth.generate import generate as avsynth_generate
@@ -195,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unfamiliar", type=float, default=UNFAMILIAR,
                     help=f"share of spoken clips marked unfamiliar (default {UNFAMILIAR}; 0 gives the questions of "
                          "earlier versions of this recipe)")
+    ap.add_argument("--templated", type=float, default=TEMPLATED,
+                    help=f"share of espeak-ng speech clips that say an English sentence with a place, name, number, "
+                         f"time or day, asked about (default {TEMPLATED}; 0 gives the clips of earlier versions of "
+                         "this recipe)")
     ap.add_argument("--contrast", action="store_true",
                     help="each clip marked unfamiliar also comes unmarked with its familiar answers, and marked "
                          "it holds back on every question about the objects")
@@ -202,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         counts = generate(args.out, args.clips, args.seed, args.avsynth, args.per_clip, args.perception_tokens,
-                          two_sentences=args.two_sentences, unfamiliar=args.unfamiliar, contrast=args.contrast)
+                          two_sentences=args.two_sentences, unfamiliar=args.unfamiliar, contrast=args.contrast,
+                          templated=args.templated)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

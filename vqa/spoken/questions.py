@@ -19,6 +19,7 @@ from vqa.config import VIDEO_PLACEHOLDER
 
 from .check import normalise
 from .sentences import ASKED, LANGUAGES
+from .templated import answers as slot_answers
 
 SOUNDS = ("speech", "music", "noise", "silence", "no-audio")
 UNKNOWN = "I can't tell from this clip."
@@ -58,6 +59,11 @@ ASK = {
                      "How much does it cost?", "What is the phone number of the shop?", "Whose voice is it?",
                      "What is the address?", "Which team won?", "What is the dog's name?"),
 }
+# unanswerable questions that a templated sentence of a kind may answer after all: not asked over one
+SAYS = {"name": ("What is the speaker's name?", "Who is speaking?", "Whose voice is it?", "What is the dog's name?"),
+        "place": ("In which city was this filmed?", "Which country is this?", "What is the address?"),
+        "number": ("What is the phone number of the shop?", "How much does it cost?"),
+        "time": ("What time of day is it?",), "day": ()}
 ANSWER_SOUND = {  # what is heard, as the end of a description (in the perception text's words)
     "music": "There is music, a melody of tones; nobody speaks.",
     "noise": "There is only background noise: no speech and no music.",
@@ -187,7 +193,13 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
         else ANSWER_SOUND[clip["sound"]]
     if _picture(clip) is not None:
         pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
-    pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
+    if clip.get("templated"):
+        clash = {q for kind in clip["templated"]["kinds"] for q in SAYS[kind]}
+        free = [q for q in ASK["unanswerable"] if q not in clash]
+        pool.append(("unanswerable", free[int(rng.integers(len(free)))], UNKNOWN))
+        pool += slot_answers(clip, clip.get("quote") or clip["text"], rng)
+    else:
+        pool.append(("unanswerable", pick("unanswerable"), UNKNOWN))
     content = _content(clip)
     if content is not None:
         pool.append(("content", *content))
@@ -196,7 +208,8 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
         pool.append(("unanswerable", question, UNKNOWN))
     pool += _visual(clip, rng, hold_back)
     pool = [p for p in pool if p[0] not in skip]
-    first = [p for p in pool if p[0] in (("said", "content", "language") if clip["sound"] == "speech" else ("hear",))]
+    first = [p for p in pool if p[0] in (("said", "content", "unsaid", "language") if clip["sound"] == "speech"
+                                         else ("hear",))]
     first += [p for p in pool if p[0] == "unanswerable" or (p[0] == "describe" and rng.random() < 0.5)
               or (p[0] == "seen" and (clip.get("picture") or clip.get("unfamiliar")))]
     rest = [p for p in pool if p not in first]
