@@ -78,12 +78,11 @@ def _speech(rng: np.random.Generator, recorded: list[tuple[str, str]], more: np.
     if more.random() < two_sentences:
         second = str(more.choice([s for s in SENTENCES[language] if s != text]))
         pause = np.zeros(int(more.uniform(*PAUSE_S) * audio.RATE), np.float32)
-        spoken = audio.speak(second, voice, speed=speed, pitch=pitch)
+        said_in_order = [(text, speech), (second, audio.speak(second, voice, speed=speed, pitch=pitch))]
         if "templated" in said and slots.random() < 0.5:  # the slots' sentence second: read past the first
-            speech, spoken, sentences = spoken, speech, [second]
-            second = text
-        speech = np.concatenate([speech, pause, spoken])
-        sentences.append(second)
+            said_in_order.reverse()
+        sentences = [sentence for sentence, _ in said_in_order]
+        speech = np.concatenate([said_in_order[0][1], pause, said_in_order[1][1]])
     return ({"language": language, "text": " ".join(sentences), "sentences": sentences, "voice": voice, **said},
             speech * np.float32(rng.uniform(0.5, 1.0)))
 

@@ -88,8 +88,13 @@ def _content(clip: dict) -> tuple[str, str] | None:
         if sentence in ASKED:
             question, span = ASKED[sentence]
             if normalise(span) in normalise(clip.get("quote") or clip["text"]):
-                return question, f"{span[0].upper()}{span[1:]}, according to the speaker."
+                return question, according(span)
     return None
+
+
+def according(span: str) -> str:
+    """An answer quoted from what is said: "The salt, according to the speaker."."""
+    return f"{span[0].upper()}{span[1:]}, according to the speaker."
 
 
 def _sound_answers(clip: dict) -> dict[str, str]:
@@ -194,7 +199,7 @@ def questions(clip: dict, rng: np.random.Generator, per_clip: int = 6, skip: tup
     if _picture(clip) is not None:
         pool.append(("describe", pick("describe"), f"{_picture(clip)} {heard}"))
     if clip.get("templated"):
-        clash = {q for kind in clip["templated"]["kinds"] for q in SAYS[kind]}
+        clash = {q for slot in clip["templated"]["slots"] for q in SAYS[slot["kind"]]}
         free = [q for q in ASK["unanswerable"] if q not in clash]
         pool.append(("unanswerable", free[int(rng.integers(len(free)))], UNKNOWN))
         pool += slot_answers(clip, clip.get("quote") or clip["text"], rng)

@@ -117,8 +117,8 @@ TEMPLATES = (
 
 
 def draw(rng: np.random.Generator) -> dict:
-    """A templated sentence: {"text", "slots": [{"kind", "question", "forms", "answer"}], "kinds": the kind
-    of each slot}. Each slot's `forms` are the ways a transcript may write it; `answer` frames the span found."""
+    """A templated sentence: {"text", "slots": [{"kind", "question", "forms", "answer"}]}. Each slot's `forms`
+    are the ways a transcript may write it; `answer` frames the span found."""
     template, fills, asks = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
     said, forms = {}, {}
     for slot, how in fills.items():
@@ -139,7 +139,7 @@ def draw(rng: np.random.Generator) -> dict:
         slot_forms = forms[parts[0]] if len(parts) == 1 else (" ".join(said[p] for p in parts),)
         question = questions[int(rng.integers(len(questions)))].format(**said)
         slots.append({"kind": kind, "question": question, "forms": list(slot_forms), "answer": answer})
-    return {"text": text, "slots": slots, "kinds": [s["kind"] for s in slots]}
+    return {"text": text, "slots": slots}
 
 
 def find(transcript: str, form: str) -> str | None:
@@ -165,25 +165,24 @@ def answers(clip: dict, transcript: str, rng: np.random.Generator) -> list[tuple
     """(type, question, answer) for a templated clip: each slot the transcript holds, quoted from it
     ("content"); where the clip says one sentence alone, a generic question of a kind it says ("content") and
     one of a kind it does not say ("unsaid", answered "I can't tell from this clip.")."""
-    from .questions import UNKNOWN
+    from .questions import UNKNOWN, according
 
     out = []
-    found_kinds: dict[str, list[str]] = {}
+    kinds = [slot["kind"] for slot in clip["templated"]["slots"]]
+    found: dict[str, str] = {}  # kind -> span, for the kinds said once
     for slot in clip["templated"]["slots"]:
         span = next((s for s in (find(transcript, f) for f in slot["forms"]) if s), None)
         if span is None:
             continue
-        reply = slot["answer"].format(span)
-        out.append(("content", slot["question"], f"{reply[0].upper()}{reply[1:]}, according to the speaker."))
-        found_kinds.setdefault(slot["kind"], []).append(span)
+        out.append(("content", slot["question"], according(slot["answer"].format(span))))
+        if kinds.count(slot["kind"]) == 1:
+            found[slot["kind"]] = span
     if len(clip.get("sentences") or [clip["text"]]) > 1:  # another sentence may say any kind: no generic ones
         return out
     pick = lambda kind: GENERIC[kind][int(rng.integers(len(GENERIC[kind])))]  # noqa: E731
-    said = [k for k, spans in found_kinds.items() if len(spans) == 1 and clip["templated"]["kinds"].count(k) == 1]
-    if said:
-        kind = said[int(rng.integers(len(said)))]
-        span = found_kinds[kind][0]
-        out.append(("content", pick(kind), f"{span[0].upper()}{span[1:]}, according to the speaker."))
-    unsaid = [k for k in KINDS if k not in clip["templated"]["kinds"]]
+    if found:
+        kind = list(found)[int(rng.integers(len(found)))]
+        out.append(("content", pick(kind), according(found[kind])))
+    unsaid = [k for k in KINDS if k not in kinds]
     out.append(("unsaid", pick(unsaid[int(rng.integers(len(unsaid)))]), UNKNOWN))
     return out
