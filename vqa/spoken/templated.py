@@ -28,6 +28,10 @@ NAMES = ("Anna", "David", "Maria", "James", "Peter", "Laura", "Daniel", "Emma", 
 SURNAMES = ("Miller", "Garcia", "Brown", "Wilson", "Clark", "Lewis", "Walker", "Young", "Turner", "Morgan")
 FACILITIES = ("research centre", "science museum", "children's hospital", "space laboratory", "weather station",
               "city library", "art gallery", "football stadium")
+ROOMS = ("main hall", "control room", "workshop", "visitor centre", "laboratory", "archive")
+LANDMARKS = ("Lakeside", "Northgate", "Westbrook", "Hillcrest", "Pinewood", "Stonebridge")  # a named site's first word
+SITES = ("Research Center", "Medical Center", "Science Institute", "Technology Park", "Memorial Hospital",
+         "Engineering Campus")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 KINDS = ("place", "name", "number", "time", "day")
 # the same kinds of question over every templated sentence: answered where it says one, else "I can't tell"
@@ -113,6 +117,23 @@ TEMPLATES = (
     ("The {facility} in {city} opens again on {day}.", {"facility": FACILITIES, "city": CITIES, "day": DAYS},
      [("place", "city", ("Where is the {facility}?", "In which city is the {facility}?"), "In {}"),
       ("day", "day", ("When does the {facility} open again?",), "On {}")]),
+    # a place inside a place: asked where the named site is, the answer is the town around it
+    ("We are standing in the {room} of the {landmark} {site} in {town}, {region}.",
+     {"room": ROOMS, "landmark": LANDMARKS, "site": SITES, "town": TOWNS, "region": REGIONS},
+     [("place", "town region", ("Where is the {landmark} {site}?", "In which town is the {room}?",
+                                "Which town is the {landmark} {site} in?"), "In {}")]),
+    # two numbers, or a number and a time: each asked by its role
+    ("Please call us back on {phone} before {time}.", {"phone": "digits", "time": "time"},
+     [("number", "phone", ("Which number should you call back?", "What number should you call?"), "On {}"),
+      ("time", "time", ("By what time should you call back?", "Before when should you call?"), "Before {}")]),
+    ("Gate {gate} closes in {minutes} minutes.", {"gate": (2, 40), "minutes": (5, 30)},
+     [("number", "gate", ("Which gate is closing?", "Which gate does the speaker mean?"), "Gate {}"),
+      ("number", "minutes", ("When does the gate close?", "In how many minutes does the gate close?"),
+       "In {} minutes")]),
+    ("{name} bought {count} tickets for the {time} show.", {"name": NAMES, "count": (2, 9), "time": "time"},
+     [("name", "name", ("Who bought the tickets?",), "{}"),
+      ("number", "count", ("How many tickets were bought?", "How many tickets did {name} buy?"), "{}"),
+      ("time", "time", ("Which show are the tickets for?", "What time is the show?"), "The {} show")]),
 )
 
 
@@ -128,6 +149,8 @@ def draw(rng: np.random.Generator) -> dict:
             said[slot], forms[slot] = _digits(rng)
         elif isinstance(how[0], int):
             said[slot], forms[slot] = _number(rng, *how)
+            while said[slot] in list(said.values())[:-1]:  # two numbers: two different ones, each found by its role
+                said[slot], forms[slot] = _number(rng, *how)
         else:
             options = tuple(x for x in how if x not in said.values())  # two cities: two different ones
             said[slot], forms[slot] = _one(rng, options)
