@@ -228,6 +228,22 @@ def test_two_numbers_in_one_sentence_are_each_quoted_by_their_role_and_never_ask
     assert not set(got) & set(GENERIC["number"])  # "Which number does the speaker say?" has two answers here
 
 
+def test_a_price_written_with_its_currency_sign_is_not_given_the_unit_twice():
+    seed = 0
+    while True:
+        clip = _templated_clip(seed, "number")
+        if clip["text"].startswith("The tickets cost"):
+            break
+        seed += 1
+    slot = clip["templated"]["slots"][0]
+    clip["quote"] = f"The tickets cost ${slot['forms'][0]} each."
+    got = {q: a for kind, q, a in questions.questions(clip, np.random.default_rng(1), per_clip=20) if kind == "content"}
+    assert got[slot["question"]] == f"${slot['forms'][0]}, according to the speaker."
+    clip["quote"] = clip["text"]  # in words: the unit is said after the number
+    got = {q: a for kind, q, a in questions.questions(clip, np.random.default_rng(1), per_clip=20) if kind == "content"}
+    assert got[slot["question"]] == f"{slot['forms'][1].capitalize()} dollars, according to the speaker."
+
+
 def _speech_index(tmp_path, seed: int) -> int:
     """The first clip of `seed` that speaks, with output folders a and b made for two versions of it."""
     from vqa.spoken.generate import make_clip

@@ -197,7 +197,8 @@ def answers(clip: dict, transcript: str, rng: np.random.Generator) -> list[tuple
         span = next((s for s in (find(transcript, f) for f in slot["forms"]) if s), None)
         if span is None:
             continue
-        out.append(("content", slot["question"], according(slot["answer"].format(span))))
+        frame = slot["answer"].replace("{} dollars", "{}") if span.startswith("$") else slot["answer"]  # "$75"
+        out.append(("content", slot["question"], according(frame.format(span))))
         if kinds.count(slot["kind"]) == 1:
             found[slot["kind"]] = span
     if len(clip.get("sentences") or [clip["text"]]) > 1:  # another sentence may say any kind: no generic ones
