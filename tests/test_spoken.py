@@ -152,13 +152,14 @@ def test_a_slot_is_found_in_the_transcript_however_whisper_writes_it():
     assert find("The ferry leaves in 35 minutes.", "3") is None  # whole words only
 
 
-def _templated_clip(seed: int, kind: str, slots: int = 1) -> dict:
+def _templated_clip(seed: int, kind: str, slots: int = 1, starts: str = "") -> dict:
+    """The first sentence `seed` draws with `slots` slots of `kind` (and that starts so)."""
     from vqa.spoken.templated import draw
 
     rng = np.random.default_rng(seed)
     while True:
         said = draw(rng)
-        if [slot["kind"] for slot in said["slots"]] == [kind] * slots:
+        if [slot["kind"] for slot in said["slots"]] == [kind] * slots and said["text"].startswith(starts):
             text = said["text"]
             return {"id": "x", "video": "clips/x.mp4", "sound": "speech", "language": "en", "text": text,
                     "sentences": [text], "quote": text, "objects": None, "templated": said}
@@ -207,41 +208,36 @@ def test_two_sentences_around_a_templated_one_ask_only_about_its_slots():
     assert "unsaid" not in {kind for kind, _ in got}  # the other sentence might say any kind
 
 
+def _content_answers(clip: dict) -> dict[str, str]:
+    asked = questions.questions(clip, np.random.default_rng(1), per_clip=20)
+    return {q: a for kind, q, a in asked if kind == "content"}
+
+
 def test_two_numbers_in_one_sentence_are_each_quoted_by_their_role_and_never_asked_as_one():
     from vqa.spoken.templated import GENERIC
 
-    rng = np.random.default_rng(0)
-    while True:  # the gate template: two numbers, asked as which gate and how many minutes
-        clip = _templated_clip(int(rng.integers(1 << 30)), "number", slots=2)
-        said = clip["templated"]
-        if said["text"].startswith("Gate"):
-            break
+    clip = _templated_clip(0, "number", slots=2, starts="Gate")  # asked as which gate and how many minutes
+    said = clip["templated"]
     gate, minutes = (slot["forms"][0] for slot in said["slots"])
     assert gate != minutes
     quote = said["text"]
     for slot in said["slots"]:  # Whisper writes the numbers in digits
         quote = quote.replace(f" {slot['forms'][1]} ", f" {slot['forms'][0]} ")
     clip["quote"] = quote
-    got = {q: a for kind, q, a in questions.questions(clip, np.random.default_rng(1), per_clip=20) if kind == "content"}
+    got = _content_answers(clip)
     assert got[said["slots"][0]["question"]] == f"Gate {gate}, according to the speaker."
     assert got[said["slots"][1]["question"]] == f"In {minutes} minutes, according to the speaker."
     assert not set(got) & set(GENERIC["number"])  # "Which number does the speaker say?" has two answers here
 
 
 def test_a_price_written_with_its_currency_sign_is_not_given_the_unit_twice():
-    seed = 0
-    while True:
-        clip = _templated_clip(seed, "number")
-        if clip["text"].startswith("The tickets cost"):
-            break
-        seed += 1
+    clip = _templated_clip(0, "number", starts="The tickets cost")
     slot = clip["templated"]["slots"][0]
     clip["quote"] = f"The tickets cost ${slot['forms'][0]} each."
-    got = {q: a for kind, q, a in questions.questions(clip, np.random.default_rng(1), per_clip=20) if kind == "content"}
-    assert got[slot["question"]] == f"${slot['forms'][0]}, according to the speaker."
+    assert _content_answers(clip)[slot["question"]] == f"${slot['forms'][0]}, according to the speaker."
     clip["quote"] = clip["text"]  # in words: the unit is said after the number
-    got = {q: a for kind, q, a in questions.questions(clip, np.random.default_rng(1), per_clip=20) if kind == "content"}
-    assert got[slot["question"]] == f"{slot['forms'][1].capitalize()} dollars, according to the speaker."
+    in_words = slot["forms"][1].capitalize()
+    assert _content_answers(clip)[slot["question"]] == f"{in_words} dollars, according to the speaker."
 
 
 def _speech_index(tmp_path, seed: int) -> int:
